@@ -1,0 +1,52 @@
+"""The parameter-free Flax (Linen) module that applies IFE inside a network."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from ife_jax.ops import enhance, num_selected
+from ife_jax.ops.entropy import DEFAULT_MEMORY_BUDGET
+
+
+def enhanced_channels(channels: int, ratio: float | None) -> int:
+    """Channels after IFE: C + int(ratio * C), or C when ``ratio`` is None (no IFE)."""
+    return channels if ratio is None else channels + num_selected(channels, ratio)
+
+
+class IFE(nn.Module):
+    """Instructive Feature Enhancement as a Flax module: ``(B, H, W, C) -> (B, H, W, C + k)``.
+
+    It has no parameters and behaves the same in training and evaluation. The selected
+    channel indices are sown into the ``"intermediates"`` collection as ``"indices"`` so that
+    interpretability tools can read which channels were chosen
+    (``model.apply(..., mutable=["intermediates"])``).
+
+    Attributes:
+      criterion: ``"entropy"`` or ``"curvature"``.
+      ratio: fraction of channels appended, in (0, 1].
+      order: ``"raw_first"`` (UNet) or ``"selected_first"`` (DeepLabV3+, SINetV2).
+      bins, entropy_mode, memory_budget_bytes: see :func:`ife_jax.entropy_scores`.
+    """
+
+    criterion: str = "entropy"
+    ratio: float = 0.5
+    order: str = "raw_first"
+    bins: int = 256
+    entropy_mode: str = "paper"
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out, indices = enhance(
+            x,
+            criterion=self.criterion,
+            ratio=self.ratio,
+            order=self.order,
+            return_indices=True,
+            bins=self.bins,
+            entropy_mode=self.entropy_mode,
+            memory_budget_bytes=self.memory_budget_bytes,
+        )
+        self.sow("intermediates", "indices", indices)
+        return out

@@ -1,0 +1,250 @@
+"""2-D information entropy score of each feature channel (the paper's eq. 2 and Algorithm 1).
+
+Three modes share one entry point, :func:`entropy_scores`:
+
+``"paper"`` (default)
+  For every pixel, ``i`` is its value and ``j`` the mean of its 8 neighbours (zero padding 1).
+  Both are quantised to ``bins`` levels over one common range per (sample, channel), the
+  smallest interval holding every ``i`` and ``j`` of that channel (as ``histc`` over the pair
+  does). The joint ``bins x bins`` histogram of ``(i, j)`` is built with a scatter-add on flat
+  keys ``i * bins + j``; ``E = -sum p log2 p`` with ``p = count / (H * W)``.
+
+``"reference_hist"``
+  The authors' UNet code: the pair fused into one scalar ``v = 100 * i + j``, a 1-D histogram of
+  ``bins`` bins whose range is the min / max of ``v`` over the **whole batch**,
+  ``bin = floor((v - min) * bins / (max - min))`` in float32 clamped to ``bins - 1``, and
+  ``p = count / ((H + 2) (W + 2))``. A channel's score therefore depends on the other samples.
+
+``"reference_unique"``
+  The authors' DeepLabV3+ / SINetV2 code: counts of exactly equal fused values ``v`` (no bins),
+  ``p = count / ((H + 2) (W + 2))``. Continuous features give nearly all-distinct values and
+  therefore nearly equal scores; only repeated values (ReLU zeros, constants) separate channels.
+
+Normalising by a constant other than the pixel count is a monotone transform of the entropy, so
+it never changes which channels are selected.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ife_jax.ops._checks import ENTROPY_MODES, as_float32, check_bins, check_choice, check_features
+
+#: Default bound on the bytes of histogram and per-chunk temporaries that entropy holds at once.
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+#: Rows (sample, channel pairs) per chunk on CPU, where small chunks keep the histogram in cache.
+_CPU_CHUNK_ROWS = 8
+
+
+def neighbour_sum(x: jax.Array) -> jax.Array:
+    """Sum of each pixel's 3x3 window with zero padding 1, over axes 1 and 2.
+
+    The nine shifted copies are added in raster order (top-left first), so the float32 result
+    equals the reference implementation's bit for bit.
+    """
+    h, w = x.shape[1], x.shape[2]
+    pad = [(0, 0)] * x.ndim
+    pad[1], pad[2] = (1, 1), (1, 1)
+    p = jnp.pad(x, pad)
+    total = None
+    for dy in range(3):
+        for dx in range(3):
+            s = lax.slice_in_dim(lax.slice_in_dim(p, dy, dy + h, axis=1), dx, dx + w, axis=2)
+            total = s if total is None else total + s
+    return total
+
+
+def neighbour_mean(x: jax.Array) -> jax.Array:
+    """j: the mean of each pixel's 8 neighbours, ``(window sum - centre) / 8``, zero padding."""
+    return (neighbour_sum(x) - x) / 8.0
+
+
+@jax.jit
+def fused_pair_values(x: jax.Array) -> jax.Array:
+    """The reference's fused pair ``100 * i + j`` for every pixel, float32, (B, H, W, C)."""
+    check_features(x)
+    x = as_float32(x)
+    return 100.0 * x + neighbour_mean(x)
+
+
+def _chunk_rows(h: int, w: int, bins: int, budget: int) -> int:
+    """How many (sample, channel) rows fit the memory budget at once."""
+    per_row = 4 * bins * bins + 6 * 4 * h * w  # histogram + rows, j, keys, counts, slack
+    return max(1, budget // per_row)
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    cap = max(1, min(n, cap))
+    return next(d for d in range(cap, 0, -1) if n % d == 0)
+
+
+def _map_row_blocks(fn, x: jax.Array, rows: int) -> jax.Array:
+    """Applies ``fn`` to blocks of ``rows`` (sample, channel) rows and reassembles (B, C).
+
+    ``fn`` takes a (R, H, W) block of channel images and returns (R,). Blocks are cut out of
+    the NHWC array with ``dynamic_slice`` inside ``lax.map``, so no full-size copy of ``x``
+    (transposed or otherwise) is ever made and the temporaries stay within one block.
+    """
+    b, h, w, c = x.shape
+    if rows >= c:
+        cg, sb = c, _largest_divisor_at_most(b, rows // c)
+    else:
+        cg, sb = _largest_divisor_at_most(c, rows), 1
+    groups, nb = c // cg, b // sb
+
+    def block(i):
+        b0, c0 = (i // groups) * sb, (i % groups) * cg
+        xs = lax.dynamic_slice(x, (b0, 0, 0, c0), (sb, h, w, cg))
+        # The barriers keep XLA from fusing the transpose and stencil into the scatter, which
+        # costs several times more on CPU than materialising each small stage.
+        rows_ = lax.optimization_barrier(jnp.transpose(xs, (0, 3, 1, 2)).reshape(sb * cg, h, w))
+        return fn(rows_)
+
+    out = lax.map(block, jnp.arange(nb * groups))  # (nb * groups, sb * cg)
+    return out.reshape(nb, groups, sb, cg).transpose(0, 2, 1, 3).reshape(b, c)
+
+
+def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
+    """Paper entropy of each row of a (R, H, W) block; NaN for rows with non-finite values."""
+    r, h, w = rows.shape
+    finite = jnp.all(jnp.isfinite(rows), axis=(1, 2))
+    v = jnp.where(jnp.isfinite(rows), rows, 0.0)
+    j = neighbour_mean(v)
+    lo = jnp.minimum(v.min(axis=(1, 2)), j.min(axis=(1, 2)))[:, None, None]
+    hi = jnp.maximum(v.max(axis=(1, 2)), j.max(axis=(1, 2)))[:, None, None]
+    scale = jnp.where(hi > lo, bins / jnp.where(hi > lo, hi - lo, 1.0), 0.0)
+    qi = jnp.clip(jnp.floor((v - lo) * scale), 0, bins - 1).astype(jnp.int32)
+    qj = jnp.clip(jnp.floor((j - lo) * scale), 0, bins - 1).astype(jnp.int32)
+    cells = bins * bins
+    keys = (qi * bins + qj).reshape(r, h * w) + (jnp.arange(r, dtype=jnp.int32) * cells)[:, None]
+    keys = lax.optimization_barrier(keys)
+    hist = jnp.zeros(r * cells, jnp.int32).at[keys.reshape(-1)].add(1, mode="promise_in_bounds")
+    # sum_cells n log n == sum_pixels log n(cell of the pixel): gather instead of a pass over
+    # all bins*bins cells, most of which are empty.
+    own = hist[keys].astype(jnp.float32)
+    own = lax.optimization_barrier(own)
+    entropy = math.log2(h * w) - jnp.mean(jnp.log2(own), axis=1)
+    return jnp.where(finite, entropy, jnp.nan)
+
+
+def _unique_block(rows: jax.Array) -> jax.Array:
+    """Entropy of exact distinct fused values per row, p = count / ((H+2)(W+2))."""
+    r, h, w = rows.shape
+    finite = jnp.all(jnp.isfinite(rows), axis=(1, 2))
+    v = jnp.where(jnp.isfinite(rows), rows, 0.0)
+    fused = (100.0 * v + neighbour_mean(v)).reshape(r, h * w)
+    s = jnp.sort(fused, axis=1)
+    new = jnp.concatenate([jnp.ones((r, 1), bool), s[:, 1:] != s[:, :-1]], axis=1)
+    ids = jnp.cumsum(new, axis=1) - 1
+    counts = jax.vmap(lambda i: jnp.zeros(h * w, jnp.float32).at[i].add(1.0))(ids)
+    p = counts / float((h + 2) * (w + 2))
+    entropy = -jnp.sum(jnp.where(counts > 0, p * jnp.log2(jnp.where(counts > 0, p, 1.0)), 0.0), 1)
+    return jnp.where(finite, entropy, jnp.nan)
+
+
+@functools.partial(jax.jit, static_argnames=("bins",))
+def reference_histogram(x: jax.Array, *, bins: int = 256):
+    """The reference UNet's batch-global 1-D histogram of fused values.
+
+    Args:
+      x: (B, H, W, C) features.
+      bins: number of bins (the reference uses 256).
+
+    Returns:
+      ``(counts, lo, hi)``: (B, C, bins) float32 counts per (sample, channel), and the range
+      (the min and max of the finite fused values over the whole batch). Rows holding
+      non-finite values take no part in the range and their counts are meaningless.
+    """
+    b, h, w, c = check_features(x)
+    bins = check_bins(bins)
+    x = as_float32(lax.stop_gradient(x))
+    row_finite = jnp.all(jnp.isfinite(x), axis=(1, 2), keepdims=True)
+    xc = jnp.where(jnp.isfinite(x), x, 0.0)
+    v = 100.0 * xc + neighbour_mean(xc)
+    valid = jnp.broadcast_to(row_finite, v.shape)
+    lo = jnp.min(jnp.where(valid, v, jnp.inf))
+    hi = jnp.max(jnp.where(valid, v, -jnp.inf))
+    span = jnp.where(hi > lo, hi - lo, 1.0)
+    idx = jnp.clip(jnp.floor(((v - lo) * bins) / span), 0, bins - 1).astype(jnp.int32)
+    idx = jnp.transpose(idx, (0, 3, 1, 2)).reshape(b * c, h * w)
+    flat = idx + (jnp.arange(b * c, dtype=jnp.int32) * bins)[:, None]
+    counts = jnp.zeros(b * c * bins, jnp.float32).at[flat.reshape(-1)].add(1.0)
+    return counts.reshape(b, c, bins), lo, hi
+
+
+def _reference_hist_scores(x: jax.Array, bins: int) -> jax.Array:
+    _, h, w, _ = x.shape
+    counts, _, _ = reference_histogram(x, bins=bins)
+    p = counts / float((h + 2) * (w + 2))
+    # The reference clamps p at 1e-40 before the log; that is a float32 denormal, flushed to
+    # zero by XLA, so empty bins are masked out instead (their term is 0 either way).
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log2(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    finite = jnp.all(jnp.isfinite(x), axis=(1, 2))
+    return jnp.where(finite, entropy, jnp.nan)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("bins", "mode", "memory_budget_bytes", "chunk_rows")
+)
+def entropy_scores(
+    x: jax.Array,
+    *,
+    bins: int = 256,
+    mode: str = "paper",
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    chunk_rows: int | None = None,
+) -> jax.Array:
+    r"""2-D information entropy of every channel: :math:`E = -\sum_{i,j} p_{ij}\log_2 p_{ij}`.
+
+    See the module docstring for the three modes. Scores are computed in float32 whatever
+    ``x``'s dtype and carry no gradient.
+
+    Args:
+      x: (B, H, W, C) features, NHWC, any real dtype; H, W >= 3.
+      bins: quantisation levels per axis (``"paper"``) or histogram bins (``"reference_hist"``).
+      mode: ``"paper"``, ``"reference_hist"`` or ``"reference_unique"``.
+      memory_budget_bytes: ``"paper"`` builds its histograms for a few (sample, channel) rows at
+        a time (``lax.map`` over blocks) so that histograms and per-block temporaries stay within
+        this many bytes at any batch size. Results do not depend on it.
+      chunk_rows: rows per block, overriding the budget (``None``: from the budget, and at most
+        8 when lowered for CPU, where small blocks keep the histogram in cache).
+
+    Returns:
+      (B, C) float32 scores. A channel holding NaN or +-Inf scores NaN and is left out of the
+      batch-global range of ``"reference_hist"``; the other channels' scores are unaffected.
+
+    Raises:
+      ValueError: bad shape or dtype of ``x``, ``bins < 2``, unknown ``mode``, or a
+        non-positive budget or chunk size.
+
+    Example:
+      >>> entropy_scores(jax.random.normal(jax.random.key(0), (2, 16, 16, 8))).shape
+      (2, 8)
+    """
+    _, h, w, _ = check_features(x)
+    bins = check_bins(bins)
+    check_choice(mode, ENTROPY_MODES, name="entropy mode")
+    if memory_budget_bytes <= 0:
+        raise ValueError(f"memory_budget_bytes must be positive; got {memory_budget_bytes!r}.")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}.")
+    x = lax.stop_gradient(as_float32(x))
+    if mode == "reference_hist":
+        return _reference_hist_scores(x, bins)
+    if mode == "reference_unique":
+        return _map_row_blocks(_unique_block, x, chunk_rows or 8)
+
+    def run(rows):
+        return lambda x_: _map_row_blocks(lambda r: _paper_block(r, bins), x_, rows)
+
+    budget_rows = _chunk_rows(h, w, bins, memory_budget_bytes)
+    if chunk_rows is not None:
+        return run(chunk_rows)(x)
+    return lax.platform_dependent(
+        x, cpu=run(min(budget_rows, _CPU_CHUNK_ROWS)), default=run(budget_rows)
+    )
