@@ -16,7 +16,8 @@ def _demo(args: argparse.Namespace) -> int:
     x = jax.nn.relu(jax.random.normal(key, (2, 56, 56, 16), jnp.float32))
     for criterion in ("curvature", "entropy"):
         out, idx = ife_jax.enhance(x, criterion=criterion, ratio=0.5, return_indices=True)
-        print(f"{criterion:>9}: {tuple(x.shape)} -> {tuple(out.shape)}; sample 0 keeps {idx[0].tolist()}")
+        kept = idx[0].tolist()
+        print(f"{criterion:>9}: {tuple(x.shape)} -> {tuple(out.shape)}; sample 0 keeps {kept}")
     return 0
 
 

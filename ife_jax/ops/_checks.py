@@ -39,7 +39,9 @@ def check_features(x, *, name: str = "x") -> tuple[int, int, int, int]:
 
 def check_choice(value, choices, *, name: str) -> str:
     if value not in choices:
-        raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}.")
+        raise ValueError(
+            f"Unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}."
+        )
     return value
 
 
@@ -64,7 +66,9 @@ def check_bins(bins) -> int:
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
         raise ValueError(f"bins must be an integer >= 2; got {bins!r}.")
     if bins > 4096:
-        raise ValueError(f"bins={bins} makes a {bins}x{bins} joint histogram per channel; use <= 4096.")
+        raise ValueError(
+            f"bins={bins} makes a {bins}x{bins} joint histogram per channel; use <= 4096."
+        )
     return int(bins)
 
 

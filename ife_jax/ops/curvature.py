@@ -57,7 +57,7 @@ def _scores_rows(x: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("method",))
 def curvature_scores(x: jax.Array, *, method: str = "auto") -> jax.Array:
-    r"""Curvature score of every channel: :math:`S_{b,c} = \sum_{h,w} |(K \star x_{b,:,:,c})_{h,w}|`.
+    r"""Curvature score of every channel: :math:`S_{b,c} = \sum_{h,w} |(K \star x_{b,c})_{h,w}|`.
 
     ``K`` is :data:`CURVATURE_KERNEL`, applied to each channel on its own with no padding, so the
     response map is (H-2, W-2). Constant and linear-ramp channels score ~0; edges and texture
@@ -70,8 +70,8 @@ def curvature_scores(x: jax.Array, *, method: str = "auto") -> jax.Array:
         elsewhere). All three give the same scores up to float32 rounding.
 
     Returns:
-      (B, C) float32 scores. A channel holding NaN or +-Inf gets a non-finite score (every pixel lies in
-      some valid window); the other channels are unaffected.
+      (B, C) float32 scores. A channel holding NaN or +-Inf gets a non-finite score (every
+      pixel lies in some valid window); the other channels are unaffected.
 
     Raises:
       ValueError: if ``x`` is not a (B, H, W, C) array with H, W >= 3 and C >= 1, is boolean, or

@@ -1,0 +1,65 @@
+"""Paper-mode entropy against a slow NumPy oracle, and its invariances."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _oracles import paper_entropy_numpy
+
+from ife_jax.ops import entropy_scores
+
+SHAPES = [(2, 9, 13, 5), (1, 7, 7, 1), (3, 5, 11, 2), (1, 16, 16, 3)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_paper_entropy_matches_numpy(shape, relu):
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    if relu:
+        x = np.maximum(x, 0)  # many exact zeros, as after a ReLU
+    got = np.asarray(entropy_scores(jnp.asarray(x)))
+    np.testing.assert_allclose(got, paper_entropy_numpy(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bins", [2, 7, 64])
+def test_paper_entropy_other_bins(bins):
+    x = np.random.default_rng(bins).standard_normal((2, 8, 9, 3)).astype(np.float32)
+    got = np.asarray(entropy_scores(jnp.asarray(x), bins=bins))
+    np.testing.assert_allclose(got, paper_entropy_numpy(x, bins), rtol=1e-5, atol=1e-5)
+
+
+def test_entropy_bounds_and_hand_cases():
+    h = w = 12
+    zeros = np.zeros((h, w), np.float32)
+    const = np.full((h, w), 0.5, np.float32)
+    noise = np.random.default_rng(0).standard_normal((h, w)).astype(np.float32)
+    x = np.stack([zeros, const, noise], -1)[None]
+    e = np.asarray(entropy_scores(jnp.asarray(x)))[0]
+    assert e[0] == 0.0  # one cell holds every pixel
+    # A constant channel: interior pixels share one cell; the border (zero padding) adds a
+    # few cells: corners (3 of 8 neighbours), edges (5 of 8) and the interior.
+    n = h * w
+    cells = np.array([4, 4 * (h - 2), (h - 2) * (w - 2)], np.float64) / n
+    np.testing.assert_allclose(e[1], -(cells * np.log2(cells)).sum(), rtol=1e-6)
+    assert e[1] < 0.5 * e[2]
+    assert e[2] <= np.log2(n) + 1e-6  # at most log2(H*W): every pixel in its own cell
+
+
+def test_chunking_does_not_change_results():
+    x = jax.nn.relu(jax.random.normal(jax.random.key(1), (3, 10, 12, 6)))
+    want = entropy_scores(x)
+    for rows in (1, 2, 5, 6, 7, 18, 100):
+        np.testing.assert_array_equal(entropy_scores(x, chunk_rows=rows), want)
+    # A budget too small for even one histogram still works, one row at a time.
+    np.testing.assert_array_equal(entropy_scores(x, memory_budget_bytes=1), want)
+
+
+def test_reference_unique_with_repeated_values():
+    # Two channels of a sample: all-distinct values, and a ReLU-like one with many zeros.
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((1, 8, 8, 1)).astype(np.float32)
+    b = np.maximum(a, 0)
+    e = np.asarray(entropy_scores(jnp.asarray(np.concatenate([a, b], -1)), mode="reference_unique"))
+    p = np.full(64, 1 / 100.0)  # 64 distinct values, p = 1 / ((H+2)(W+2))
+    np.testing.assert_allclose(e[0, 0], -(p * np.log2(p)).sum(), rtol=1e-6)
+    assert e[0, 1] < e[0, 0]
