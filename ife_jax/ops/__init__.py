@@ -1,7 +1,7 @@
 """The IFE ops: pure, jittable JAX functions over NHWC feature arrays."""
 
 from ife_jax.ops._checks import num_selected
-from ife_jax.ops.curvature import CURVATURE_KERNEL, curvature_scores
+from ife_jax.ops.curvature import CURVATURE_KERNEL, curvature_response, curvature_scores
 from ife_jax.ops.enhance import channel_scores, enhance
 from ife_jax.ops.entropy import (
     DEFAULT_MEMORY_BUDGET,
@@ -16,6 +16,7 @@ __all__ = [
     "CURVATURE_KERNEL",
     "DEFAULT_MEMORY_BUDGET",
     "channel_scores",
+    "curvature_response",
     "curvature_scores",
     "enhance",
     "entropy_scores",

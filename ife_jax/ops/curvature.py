@@ -19,11 +19,10 @@ CURVATURE_KERNEL = np.array([[_A, _B, _A], [_B, _G, _B], [_A, _B, _A]], dtype=np
 CURVATURE_METHODS = ("auto", "conv", "rows")
 
 
-def _scores_conv(x: jax.Array) -> jax.Array:
-    """Depthwise ``lax.conv_general_dilated`` with the kernel, VALID padding; sum of |response|."""
+def _response(x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     kernel = jnp.broadcast_to(jnp.asarray(CURVATURE_KERNEL)[:, :, None, None], (3, 3, 1, c))
-    response = lax.conv_general_dilated(
+    return lax.conv_general_dilated(
         x,
         kernel,
         window_strides=(1, 1),
@@ -32,7 +31,22 @@ def _scores_conv(x: jax.Array) -> jax.Array:
         feature_group_count=c,
         precision=lax.Precision.HIGHEST,
     )
-    return jnp.sum(jnp.abs(response), axis=(1, 2))
+
+
+@jax.jit
+def curvature_response(x: jax.Array) -> jax.Array:
+    """The mean-curvature map of every channel: (B, H, W, C) -> (B, H-2, W-2, C) float32.
+
+    A depthwise ``lax.conv_general_dilated`` with :data:`CURVATURE_KERNEL` and no padding (the
+    paper's Fig. 2 shows such maps). :func:`curvature_scores` is the sum of its absolute values.
+    """
+    check_features(x)
+    return _response(lax.stop_gradient(as_float32(x)))
+
+
+def _scores_conv(x: jax.Array) -> jax.Array:
+    """Depthwise ``lax.conv_general_dilated`` with the kernel, VALID padding; sum of |response|."""
+    return jnp.sum(jnp.abs(_response(x)), axis=(1, 2))
 
 
 def _scores_rows(x: jax.Array) -> jax.Array:
