@@ -44,9 +44,12 @@ def paper_entropy_numpy(x, bins=256):
             j = neighbour_mean_numpy(i)
             lo = np.float32(min(i.min(), j.min()))
             hi = np.float32(max(i.max(), j.max()))
-            scale = np.float32(bins) / (hi - lo) if hi > lo else np.float32(0)
-            qi = np.clip(np.floor((i - lo) * scale), 0, bins - 1).astype(int)
-            qj = np.clip(np.floor((j - lo) * scale), 0, bins - 1).astype(int)
+            span = hi - lo if hi > lo else np.float32(1)
+            # Bin k holds (v - lo) * bins in [k * span, (k + 1) * span), products in float32.
+            edges = np.arange(bins + 1, dtype=np.float32) * span
+            qi = np.searchsorted(edges, (i - lo) * np.float32(bins), side="right") - 1
+            qj = np.searchsorted(edges, (j - lo) * np.float32(bins), side="right") - 1
+            qi, qj = np.clip(qi, 0, bins - 1), np.clip(qj, 0, bins - 1)
             counts = Counter(zip(qi.ravel().tolist(), qj.ravel().tolist(), strict=True))
             p = np.array(list(counts.values()), np.float64) / (h * w)
             out[bi, ci] = -(p * np.log2(p)).sum()

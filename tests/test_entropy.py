@@ -63,3 +63,18 @@ def test_reference_unique_with_repeated_values():
     p = np.full(64, 1 / 100.0)  # 64 distinct values, p = 1 / ((H+2)(W+2))
     np.testing.assert_allclose(e[0, 0], -(p * np.log2(p)).sum(), rtol=1e-6)
     assert e[0, 1] < e[0, 0]
+
+
+@pytest.mark.parametrize("span", [3.7, 0.1, 1e-3, 123.456])
+def test_values_on_bin_edges_land_in_the_upper_bin(span):
+    from ife_jax.ops.entropy import _quantise
+
+    span = np.float32(span)
+    k = np.arange(257, dtype=np.float32)
+    v = (k * span) / np.float32(256)  # exact multiples of span / 256 where representable
+    q = np.asarray(_quantise(jnp.asarray(v), np.float32(0), span, 256))
+    t = v * np.float32(256)
+    edges = np.arange(257, dtype=np.float32) * span
+    want = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, 255)
+    np.testing.assert_array_equal(q, want)
+    assert q[-1] == 255 and q[0] == 0 and q[32] == 32  # max -> last bin; span/8 -> bin 32

@@ -5,9 +5,11 @@ Three modes share one entry point, :func:`entropy_scores`:
 ``"paper"`` (default)
   For every pixel, ``i`` is its value and ``j`` the mean of its 8 neighbours (zero padding 1).
   Both are quantised to ``bins`` levels over one common range per (sample, channel), the
-  smallest interval holding every ``i`` and ``j`` of that channel (as ``histc`` over the pair
-  does). The joint ``bins x bins`` histogram of ``(i, j)`` is built with a scatter-add on flat
-  keys ``i * bins + j``; ``E = -sum p log2 p`` with ``p = count / (H * W)``.
+  smallest interval ``[lo, lo + span]`` holding every ``i`` and ``j`` of that channel (as
+  ``histc`` over the pair does): the bin of ``v`` is the largest ``k < bins`` with
+  ``k * span <= (v - lo) * bins``, products rounded once in float32. The joint ``bins x bins``
+  histogram of ``(i, j)`` is built with a scatter-add on flat keys ``i * bins + j``;
+  ``E = -sum p log2 p`` with ``p = count / (H * W)``.
 
 ``"reference_hist"``
   The authors' UNet code: the pair fused into one scalar ``v = 100 * i + j``, a 1-D histogram of
@@ -120,6 +122,22 @@ def _map_row_blocks(fn, x: jax.Array, rows: int) -> jax.Array:
     return out.reshape(nb, groups, sb, cg).transpose(0, 2, 1, 3).reshape(b, c)
 
 
+def _quantise(v: jax.Array, lo: jax.Array, span: jax.Array, bins: int) -> jax.Array:
+    """Bin of each value: the largest ``k < bins`` with ``k * span <= (v - lo) * bins``.
+
+    Both products are rounded once in float32, so the bin of a value lying exactly on an edge
+    (common after a ReLU: a neighbour mean of max/8 sits on edge bins/8) is the same on every
+    backend. A plain ``floor((v - lo) * bins / span)`` is not: XLA turns a division by a
+    broadcast scalar into a multiplication by its reciprocal, rounding twice, and backends
+    differ in how they round the reciprocal. A first guess from that reciprocal is off by at
+    most one and is corrected by the two comparisons.
+    """
+    t = (v - lo) * float(bins)
+    q = jnp.clip(jnp.floor(t * (1.0 / span)), 0, bins - 1)
+    q = q + ((q + 1.0) * span <= t) - (q * span > t)
+    return jnp.clip(q, 0, bins - 1).astype(jnp.int32)
+
+
 def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
     """Paper entropy of each row of a (R, H, W) block; NaN for rows with non-finite values."""
     r, h, w = rows.shape
@@ -128,9 +146,8 @@ def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
     j = neighbour_mean(v)
     lo = jnp.minimum(v.min(axis=(1, 2)), j.min(axis=(1, 2)))[:, None, None]
     hi = jnp.maximum(v.max(axis=(1, 2)), j.max(axis=(1, 2)))[:, None, None]
-    scale = jnp.where(hi > lo, bins / jnp.where(hi > lo, hi - lo, 1.0), 0.0)
-    qi = jnp.clip(jnp.floor((v - lo) * scale), 0, bins - 1).astype(jnp.int32)
-    qj = jnp.clip(jnp.floor((j - lo) * scale), 0, bins - 1).astype(jnp.int32)
+    span = jnp.where(hi > lo, hi - lo, 1.0)
+    qi, qj = _quantise(v, lo, span, bins), _quantise(j, lo, span, bins)
     cells = bins * bins
     keys = (qi * bins + qj).reshape(r, h * w) + (jnp.arange(r, dtype=jnp.int32) * cells)[:, None]
     keys = lax.optimization_barrier(keys)
@@ -181,6 +198,10 @@ def reference_histogram(x: jax.Array, *, bins: int = 256):
     lo = jnp.min(jnp.where(valid, v, jnp.inf))
     hi = jnp.max(jnp.where(valid, v, -jnp.inf))
     span = jnp.where(hi > lo, hi - lo, 1.0)
+    # The reference divides every value by the range, rounding once. XLA would rewrite a
+    # division by a broadcast scalar into a multiplication by its reciprocal (rounding twice,
+    # one ulp off for a third of the values); the barrier keeps the true division.
+    span = lax.optimization_barrier(jnp.broadcast_to(span, v.shape))
     idx = jnp.clip(jnp.floor(((v - lo) * bins) / span), 0, bins - 1).astype(jnp.int32)
     idx = jnp.transpose(idx, (0, 3, 1, 2)).reshape(b * c, h * w)
     flat = idx + (jnp.arange(b * c, dtype=jnp.int32) * bins)[:, None]
