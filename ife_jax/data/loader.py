@@ -81,7 +81,7 @@ def make_train_loader(
     shard_index: int = 0,
     shard_count: int = 1,
     num_epochs: int | None = None,
-    augment: T.AugmentConfig = T.AugmentConfig(),
+    augment: T.AugmentConfig = T.REFERENCE_AUGMENT,
     num_threads: int = 2,
     prefetch: int = 8,
 ) -> grain.IterDataset:

@@ -135,6 +135,7 @@ class AugmentConfig:
     max_angle: int = 90
 
 
+REFERENCE_AUGMENT = AugmentConfig()  #: the reference recipe
 NO_AUGMENT = AugmentConfig(
     p_intensity=0.0, p_vflip=0.0, p_hflip=0.0, p_rotate=0.0
 )  #: padding and normalisation only
@@ -145,7 +146,7 @@ def train_augment(
     mask: np.ndarray,
     rng: np.random.Generator,
     *,
-    config: AugmentConfig = AugmentConfig(),
+    config: AugmentConfig = REFERENCE_AUGMENT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The reference training augmentation up to (not including) normalisation and resize.
 
