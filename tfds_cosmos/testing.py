@@ -128,8 +128,22 @@ def write_mixed_formats(root: str) -> None:
     write_lines(os.path.join(root, "test.txt"), ["MRI_Knee_1"])
 
 
+SYNTHETIC_GOLDEN = (("train", 0), ("val", 3), ("test", 5))  # (split, index), tiny sizes
+
+
+def write_synthetic_golden(root: str) -> None:
+    """Three synthetic examples (seed 0, 32-64 px) as PNG: the determinism reference."""
+    from tfds_cosmos.synthetic.generate import generate_example
+
+    for split, index in SYNTHETIC_GOLDEN:
+        ex = generate_example(seed=0, split=split, index=index, min_size=32, max_size=64)
+        save(os.path.join(root, f"{ex['image_id']}.png"), ex["image"])
+        save(os.path.join(root, f"{ex['image_id']}_mask.png"), ex["mask"] * 255)
+
+
 def main() -> None:
     targets = {
+        os.path.join(_HERE, "synthetic", "dummy_data"): write_synthetic_golden,
         os.path.join(_HERE, "cosmos55k", "dummy_data", "reference"): write_cosmos_reference,
         os.path.join(_HERE, "cosmos55k", "dummy_data", "tree"): write_cosmos_tree,
         os.path.join(_HERE, "dmis_folder", "dummy_data"): write_mixed_formats,

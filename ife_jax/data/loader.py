@@ -16,7 +16,8 @@ Training::
 Every batch has one side S drawn from ``sizes``; records are reshuffled every epoch; the stream
 is a pure function of (source, seed, batch_size, sizes, shard_index, shard_count), whatever
 ``num_workers`` is. Scripts that use ``num_workers > 0`` need an ``if __name__ == "__main__":``
-guard, and under absl ``absl.flags.FLAGS.mark_as_parsed()`` (or ``absl.app.run``).
+guard (worker processes re-import the main module); absl flags are marked as parsed here if
+nothing parsed them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def _finish(ds: grain.MapDataset, num_workers: int, num_threads: int, prefetch: 
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     )
     if num_workers > 0:
+        from absl import flags
+
+        # grain reads absl flags in its workers; programs that do not use absl never parse them.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it_ds
 
