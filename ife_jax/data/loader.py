@@ -42,6 +42,13 @@ def _check_shard(shard_index: int, shard_count: int) -> None:
         )
 
 
+def _worker_init(worker_index: int, worker_count: int) -> None:
+    """One OpenCV thread per worker process: the processes already fill the cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def _finish(ds: grain.MapDataset, num_workers: int, num_threads: int, prefetch: int):
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -54,7 +61,9 @@ def _finish(ds: grain.MapDataset, num_workers: int, num_threads: int, prefetch: 
         # grain reads absl flags in its workers; programs that do not use absl never parse them.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=_worker_init
+        )
     return it_ds
 
 
