@@ -16,7 +16,7 @@ from ife_jax.ops import (
 
 # Outputs of the authors' PyTorch implementation (commit bec5c40), run unchanged on CPU; the
 # file is kept with the tests so that they never depend on anything outside the repository.
-GOLDEN = Path(__file__).resolve().parent / "data" / "ife_golden.npz"
+GOLDEN = Path(__file__).resolve().parent / "golden" / "ife_golden.npz"
 
 CASES = ("case_a", "case_c")
 # tag in the golden file -> (criterion, entropy mode, order of the reference network using it)
