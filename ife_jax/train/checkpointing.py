@@ -107,6 +107,27 @@ class Checkpointer:
             )
         return None
 
+    def read(self, step: int | None = None, *, best: bool = False) -> tuple[Any, dict, dict]:
+        """A checkpoint as saved (nested dicts of arrays), without a target; for inspection.
+
+        Args:
+          step: the step (default: the newest).
+          best: read from the best checkpoints instead of the recent ones.
+        """
+        manager = self.best if best else self.recent
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored.state, dict(restored.data or {}), dict(restored.meta or {})
+
     def _quarantine(self, manager: ocp.CheckpointManager, step: int) -> None:
         source = Path(manager.directory) / str(step)
         if jax.process_index() == 0 and source.exists():

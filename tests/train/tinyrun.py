@@ -79,10 +79,9 @@ def params_digest(workdir) -> dict:
     from ife_jax.train.checkpointing import Checkpointer
 
     ck = Checkpointer(workdir)
-    step = ck.latest_step()
-    restored = ck.recent.restore(step)
+    state, _, _ = ck.read()
     ck.close()
-    leaves = jax.tree_util.tree_leaves_with_path(restored["state"])
+    leaves = jax.tree_util.tree_leaves_with_path(state)
     return {jax.tree_util.keystr(k): np.asarray(v, np.float64) for k, v in leaves}
 
 
@@ -130,8 +129,9 @@ def main(argv=None) -> int:
     if args.dump:
         import jax
 
+        params = params_digest(args.workdir)  # every process: the checkpoint reader syncs them
         if jax.process_index() == 0:
-            np.savez(args.dump, **params_digest(args.workdir))
+            np.savez(args.dump, **params)
     print("SUMMARY " + json.dumps(summary))
     return 0
 
