@@ -1,0 +1,41 @@
+"""Input pipeline: reference-recipe transforms and grain loaders over TFDS data sources.
+
+``make_train_loader`` / ``make_eval_loader`` build resumable grain pipelines;
+``transforms`` holds the per-example NumPy/OpenCV steps and the inverse evaluation mapping.
+"""
+
+from ife_jax.data.loader import invert_eval_batch, make_eval_loader, make_train_loader
+from ife_jax.data.transforms import (
+    EVAL_SIZE,
+    MEAN,
+    NO_AUGMENT,
+    REFERENCE_AUGMENT,
+    STD,
+    TRAIN_SIZES,
+    AugmentConfig,
+    denormalize,
+    eval_transform,
+    invert_eval,
+    normalize,
+    pad_to_square,
+    train_augment,
+)
+
+__all__ = [
+    "EVAL_SIZE",
+    "MEAN",
+    "NO_AUGMENT",
+    "REFERENCE_AUGMENT",
+    "STD",
+    "TRAIN_SIZES",
+    "AugmentConfig",
+    "denormalize",
+    "eval_transform",
+    "invert_eval",
+    "invert_eval_batch",
+    "make_eval_loader",
+    "make_train_loader",
+    "normalize",
+    "pad_to_square",
+    "train_augment",
+]
