@@ -38,9 +38,9 @@ def _ints(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def _ife(text: str) -> str | None:
+def _ife(text: str) -> str:
     if text in ("none", "None", ""):
-        return None
+        return "none"
     if text not in ("curvature", "entropy"):
         raise argparse.ArgumentTypeError(f"must be none, curvature or entropy, got {text!r}")
     return text
@@ -86,7 +86,7 @@ def _train_config(args):
         if flag == "widths":
             changes["model_kwargs"] = {**config.model_kwargs, "widths": value}
         elif flag == "ife":
-            changes["ife"] = _ife(value)
+            changes["ife"] = None if value == "none" else value
         else:
             changes[field] = value
     return config.replace(**changes)
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="a config.json to start from instead of a preset")
     p.add_argument("--model", choices=("unet", "deeplabv3plus", "sinetv2", "nnunet"))
-    p.add_argument("--ife", help="none, curvature or entropy")
+    p.add_argument("--ife", type=_ife, help="none, curvature or entropy")
     p.add_argument("--ratios", type=_floats, help="IFE ratios, e.g. 0.5,0.5")
     p.add_argument("--widths", type=_ints, help="UNet widths, e.g. 8,16,32,64,128")
     p.add_argument("--dataset", help="e.g. synthetic/small, cosmos55k, dmis_folder/NAME")

@@ -45,12 +45,13 @@ def predict_images(
     for first in range(0, len(images), batch_size):
         chunk = images[first : first + batch_size]
         batch = np.zeros((batch_size, size, size, 3), np.float32)
+        metas = []
         for i, image in enumerate(chunk):
-            batch[i] = input_lib.eval_transform(image, size)
+            batch[i], meta = input_lib.eval_transform(image, size)
+            metas.append(meta)
         probs = gather(eval_step(variables, shard_batch(batch[start : start + local], mesh)))
-        for prob, image in zip(probs, chunk, strict=False):
-            h, w = image.shape[:2]
-            out.append(input_lib.invert_eval_transform(prob[..., 0], h, w))
+        for prob, meta in zip(probs, metas, strict=False):
+            out.append(input_lib.invert_eval_transform(prob[..., 0], meta))
     return out
 
 

@@ -3,9 +3,11 @@
 The loop needs two things: a resumable iterator of training batches
 (``{"image": (b, S, S, 3) float32, "mask": (b, S, S, 1) float32}``, ``get_state``/``set_state``,
 ``steps_per_epoch``) and a list of evaluation examples at their original size with the
-evaluation transform and its inverse. ``ArrayInput`` provides both for examples held in memory
-(NumPy images and masks); every batch is a pure function of ``(seed, step)``, so a restored
-state gives exactly the next batch.
+evaluation transform and its inverse (those of ``ife_jax.data``). ``ArrayInput`` serves
+examples held in memory (NumPy images and masks): every batch is a pure function of
+``(seed, step)`` and each process takes its rows of every global batch, so any number of
+processes trains exactly like one. Datasets on disk go through the grain loader of
+``ife_jax.data`` instead (``ife_jax.train.datasets``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
-#: The reference's normalisation, on 0-255 values.
-MEAN = np.array([124.55, 118.90, 102.94], np.float32)
-STD = np.array([56.77, 55.97, 57.50], np.float32)
+from ife_jax.data import transforms
 
 
 @dataclasses.dataclass
@@ -38,37 +38,18 @@ class Example:
     anatomy: str = ""
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 -> float32 with the reference mean and standard deviation."""
-    return (image.astype(np.float32) - MEAN) / STD
-
-
-def pad_to_square(x: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    """Zero-pads (H, W, ...) to a centred (L, L, ...) square, L = max(H, W); returns the offsets."""
-    h, w = x.shape[:2]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    out = np.zeros((side, side, *x.shape[2:]), x.dtype)
-    out[top : top + h, left : left + w] = x
-    return out, (top, left)
-
-
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) float32: pad to a centred square, resize, normalise."""
-    square, _ = pad_to_square(image)
-    return normalize(_resize(square, size))
+def eval_transform(image: np.ndarray, size: int) -> tuple[np.ndarray, dict]:
+    """(H, W, 3) uint8 -> (size, size, 3) float32 and the metadata its inverse needs."""
+    return transforms.eval_transform(image, size=size)
 
 
-def invert_eval_transform(prob: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(S, S) map from ``eval_transform``'s output -> (height, width) map of the original image."""
-    side = max(height, width)
-    full = _resize(prob.astype(np.float32), side)
-    top, left = (side - height) // 2, (side - width) // 2
-    return full[top : top + height, left : left + width]
+def invert_eval_transform(prob: np.ndarray, meta: dict) -> np.ndarray:
+    """(S, S) map from ``eval_transform``'s output -> the original image's (H, W)."""
+    return transforms.invert_eval(prob, **meta)
 
 
 class ArrayInput:
@@ -140,13 +121,13 @@ class ArrayInput:
         images, masks = [], []
         for row in range(self.local_batch_size):
             ex = self.examples[int(order[start + row])]
-            image, _ = pad_to_square(ex.image)
-            mask, _ = pad_to_square(ex.mask.astype(np.float32))
+            image, _, _ = transforms.pad_to_square(ex.image)
+            mask, _, _ = transforms.pad_to_square(ex.mask.astype(np.float32))
             flip = flips[self.process_index * self.local_batch_size + row]
             if flip[0]:
                 image, mask = image[:, ::-1], mask[:, ::-1]
             if flip[1]:
                 image, mask = image[::-1], mask[::-1]
-            images.append(normalize(_resize(np.ascontiguousarray(image), size)))
+            images.append(transforms.normalize(_resize(np.ascontiguousarray(image), size)))
             masks.append(_resize(np.ascontiguousarray(mask), size)[..., None])
         return {"image": np.stack(images), "mask": np.stack(masks)}

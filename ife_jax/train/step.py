@@ -94,7 +94,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "dice": jnp.mean(dice_per_image(_resize_logits(main, batch["mask"]), batch["mask"])),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
         return new_state, metrics
 

@@ -29,8 +29,16 @@ def test_json_round_trip(name):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("model", "vgg"), ("ife", "sharpness"), ("ratios", (0.5, 1.5)), ("precision", "float16"),
-     ("batch_size", 0), ("train_sizes", ()), ("learning_rate", -1.0), ("decay_factor", 2.0)],
+    [
+        ("model", "vgg"),
+        ("ife", "sharpness"),
+        ("ratios", (0.5, 1.5)),
+        ("precision", "float16"),
+        ("batch_size", 0),
+        ("train_sizes", ()),
+        ("learning_rate", -1.0),
+        ("decay_factor", 2.0),
+    ],
 )
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):

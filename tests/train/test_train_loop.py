@@ -33,8 +33,9 @@ def _env(tmp_path, **extra):
 
 def _run(tmp_path, workdir, *args, **env):
     cmd = [sys.executable, str(HERE / "tinyrun.py"), str(workdir), *RUN, *args]
-    return subprocess.run(cmd, env=_env(tmp_path, **env), capture_output=True, text=True,
-                          timeout=240)
+    return subprocess.run(
+        cmd, env=_env(tmp_path, **env), capture_output=True, text=True, timeout=240
+    )
 
 
 def _params(npz):
@@ -99,8 +100,9 @@ def test_reference_run_writes_checkpoints_logs_and_curves(reference):
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, reference):
     workdir = tmp_path / "run"
     cmd = [sys.executable, str(HERE / "tinyrun.py"), str(workdir), *RUN]
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     log = workdir / "metrics.jsonl"
     deadline = time.time() + 200
     # Kill mid-epoch 2: after step 5 was logged (the last checkpoint is step 4).
@@ -125,8 +127,13 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, reference):
 
 
 def test_two_devices_give_the_one_device_result(tmp_path, reference):
-    out = _run(tmp_path, tmp_path / "run", "--dump", str(tmp_path / "params.npz"),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = _run(
+        tmp_path,
+        tmp_path / "run",
+        "--dump",
+        str(tmp_path / "params.npz"),
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     _assert_equivalent(tmp_path / "run", _params(tmp_path / "params.npz"), reference)
 
@@ -141,12 +148,25 @@ def test_two_processes_give_the_one_process_result(tmp_path, reference):
     address = f"localhost:{_free_port()}"
     procs = []
     for pid in range(2):
-        cmd = [sys.executable, str(HERE / "tinyrun.py"), str(tmp_path / "run"), *RUN,
-               "--dump", str(tmp_path / "params.npz")]
-        env = _env(tmp_path, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        cmd = [
+            sys.executable,
+            str(HERE / "tinyrun.py"),
+            str(tmp_path / "run"),
+            *RUN,
+            "--dump",
+            str(tmp_path / "params.npz"),
+        ]
+        env = _env(
+            tmp_path,
+            JAX_COORDINATOR_ADDRESS=address,
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     try:
         outs = [p.communicate(timeout=240) for p in procs]
     finally:

@@ -31,7 +31,8 @@ def blob_examples(n: int, *, seed: int = 0, size: tuple[int, int] = (40, 36)) ->
 
 
 def tiny_config(**changes) -> TrainConfig:
-    return preset("tiny", **changes)
+    """The tiny preset with one training size (each size compiles the step once)."""
+    return preset("tiny", **{"train_sizes": (32,), **changes})
 
 
 def array_inputs(config: TrainConfig, *, nan_at: int | None = None):
@@ -85,21 +86,6 @@ def params_digest(workdir) -> dict:
     return {jax.tree_util.keystr(k): np.asarray(v, np.float64) for k, v in leaves}
 
 
-def _maybe_stand_in(loop):  # TEMPORARY until the networks land
-    try:
-        import ife_jax.nn.unet  # noqa: F401
-    except ImportError:
-        import flax.linen as nn
-
-        class _Net(nn.Module):
-            @nn.compact
-            def __call__(self, x, train=False):
-                x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x)))
-                return nn.Conv(1, (3, 3))(x)
-
-        loop.build_model = lambda config: _Net()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("workdir")
@@ -110,10 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dump", default=None, help="write the final parameters to this .npz")
     args = parser.parse_args(argv)
 
-    from ife_jax.train import loop
     from ife_jax.train.loop import train_and_evaluate
-
-    _maybe_stand_in(loop)
 
     config = tiny_config(
         epochs=args.epochs,
