@@ -20,7 +20,6 @@ def run_demo(
       ``{variant: evaluation result}``.
     """
     import tfds_cosmos
-
     from ife_jax.train.evaluate import CONVENTIONS, evaluate, format_header, format_row
     from ife_jax.train.loop import train_and_evaluate
 
