@@ -34,7 +34,7 @@ def _env(tmp_path, **extra):
 def _run(tmp_path, workdir, *args, **env):
     cmd = [sys.executable, str(HERE / "tinyrun.py"), str(workdir), *RUN, *args]
     return subprocess.run(
-        cmd, env=_env(tmp_path, **env), capture_output=True, text=True, timeout=240
+        cmd, env=_env(tmp_path, **env), capture_output=True, text=True, timeout=500
     )
 
 
