@@ -1,4 +1,9 @@
-"""The ``ife-jax`` command line. It only parses arguments and calls the library."""
+"""The ``ife-jax`` command line. It only parses arguments and calls the library.
+
+Commands: ``train``, ``evaluate``, ``predict``, ``plan``, ``build-dataset`` and ``demo``;
+``ife-jax COMMAND --help`` describes each. Bad arguments print one line on stderr and exit
+with status 2.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +11,274 @@ import argparse
 import sys
 
 
-def _demo(args: argparse.Namespace) -> int:
-    import jax
-    import jax.numpy as jnp
+class UsageError(Exception):
+    """A bad command-line argument; printed as one line, exit status 2."""
 
-    import ife_jax
 
-    key = jax.random.key(args.seed)
-    x = jax.nn.relu(jax.random.normal(key, (2, 56, 56, 16), jnp.float32))
-    for criterion in ("curvature", "entropy"):
-        out, idx = ife_jax.enhance(x, criterion=criterion, ratio=0.5, return_indices=True)
-        kept = idx[0].tolist()
-        print(f"{criterion:>9}: {tuple(x.shape)} -> {tuple(out.shape)}; sample 0 keeps {kept}")
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line instead of usage + message
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _ife(text: str) -> str:
+    if text in ("none", "None", ""):
+        return "none"
+    if text not in ("curvature", "entropy"):
+        raise argparse.ArgumentTypeError(f"must be none, curvature or entropy, got {text!r}")
+    return text
+
+
+# Command-line flag -> TrainConfig field.
+_OVERRIDES = {
+    "model": "model",
+    "ife": "ife",
+    "ratios": "ratios",
+    "widths": None,
+    "dataset": "dataset",
+    "data_dir": "data_dir",
+    "batch_size": "batch_size",
+    "epochs": "epochs",
+    "learning_rate": "learning_rate",
+    "train_sizes": "train_sizes",
+    "eval_size": "eval_size",
+    "precision": "precision",
+    "seed": "seed",
+    "eval_every": "eval_every_epochs",
+    "checkpoint_every": "checkpoint_every_steps",
+    "keep": "keep_checkpoints",
+    "max_train_examples": "max_train_examples",
+    "max_eval_examples": "max_eval_examples",
+    "num_workers": "num_workers",
+}
+
+
+def _train_config(args):
+    from ife_jax.train.config import TrainConfig, preset
+
+    if args.config:
+        with open(args.config) as f:
+            config = TrainConfig.from_json(f.read())
+    else:
+        config = preset(args.preset or args.model or "unet")
+    changes = {}
+    for flag, field in _OVERRIDES.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if flag == "widths":
+            changes["model_kwargs"] = {**config.model_kwargs, "widths": value}
+        elif flag == "ife":
+            changes["ife"] = None if value == "none" else value
+        else:
+            changes[field] = value
+    return config.replace(**changes)
+
+
+def _train(args) -> int:
+    from ife_jax.train.loop import train_and_evaluate
+
+    config = _train_config(args)
+    train_and_evaluate(config, args.workdir, progress=not args.no_progress)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from ife_jax.train.evaluate import CONVENTIONS, evaluate, format_header, format_row
+
+    result = evaluate(
+        args.workdir,
+        split=args.split,
+        checkpoint=args.checkpoint,
+        max_examples=args.max_examples,
+        output=args.output,
+    )
+    for convention in CONVENTIONS:
+        print(f"{convention} convention, {result['n']} images, checkpoint step {result['step']}")
+        print(format_header())
+        print(format_row("model", result[convention]))
+    print(f"report written to {result['output']}")
+    return 0
+
+
+def _predict(args) -> int:
+    from ife_jax.train.predict import predict
+
+    written = predict(
+        args.workdir,
+        args.images,
+        args.output,
+        checkpoint=args.checkpoint,
+        threshold=args.threshold,
+    )
+    print(f"wrote {len(written)} masks and overlays to {args.output}")
+    return 0
+
+
+def _plan(args) -> int:
+    try:
+        from ife_jax.nn import nnunet_plan as planner
+    except ImportError:
+        raise UsageError(
+            "ife-jax plan: the nnUNet planner is not part of this installation"
+        ) from None
+    plan = planner.plan_dataset(args.dataset, data_dir=args.data_dir, split=args.split)
+    print(plan.to_json() if hasattr(plan, "to_json") else plan)
+    return 0
+
+
+def _build_dataset(args) -> int:
+    import tfds_cosmos
+
+    builder = tfds_cosmos.build(
+        args.name,
+        data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+        skip_invalid=args.skip_invalid,
+        overwrite=args.overwrite,
+    )
+    splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+    print(f"{builder.info.full_name} in {builder.data_dir}: {splits}")
+    return 0
+
+
+def _demo(args) -> int:
+    from ife_jax.train.demo import run_demo
+
+    run_demo(args.output, epochs=args.epochs, data_dir=args.data_dir)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ife-jax", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the built-in demonstration")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.set_defaults(func=_demo)
+    parser = _Parser(prog="ife-jax", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser(
+        "train",
+        help="train a network (resumes from WORKDIR)",
+        description="Train a network, with or without IFE; rerun with the same "
+        "--workdir to resume after a crash.",
+    )
+    p.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, figures)")
+    p.add_argument(
+        "--preset",
+        help="unet, deeplabv3plus, sinetv2, nnunet, tiny or demo "
+        "(default: the --model's reference recipe)",
+    )
+    p.add_argument("--config", help="a config.json to start from instead of a preset")
+    p.add_argument("--model", choices=("unet", "deeplabv3plus", "sinetv2", "nnunet"))
+    p.add_argument("--ife", type=_ife, help="none, curvature or entropy")
+    p.add_argument("--ratios", type=_floats, help="IFE ratios, e.g. 0.5,0.5")
+    p.add_argument("--widths", type=_ints, help="UNet widths, e.g. 8,16,32,64,128")
+    p.add_argument("--dataset", help="e.g. synthetic/small, cosmos55k, dmis_folder/NAME")
+    p.add_argument("--data-dir", help="TFDS data directory")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--train-sizes", type=_ints, help="e.g. 224,256,288,320,352,384")
+    p.add_argument("--eval-size", type=int)
+    p.add_argument("--precision", choices=("float32", "bfloat16"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-every", type=int, help="validate every N epochs")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    p.add_argument("--keep", type=int, help="recent checkpoints to keep")
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--max-eval-examples", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained run (nine metrics, both conventions)",
+        description="Evaluate a run at the original image sizes and write the report and figures.",
+    )
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    p.add_argument("--max-examples", type=int)
+    p.add_argument("--output", help="report folder (default WORKDIR/eval_SPLIT)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "predict",
+        help="segment PNG/JPEG files with a trained run",
+        description="Write NAME_mask.png and NAME_overlay.png for every image.",
+    )
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("images", nargs="+", help="image files")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser(
+        "plan",
+        help="print the nnUNet plan for a dataset",
+        description="Fingerprint a dataset and print the nnUNet-2D plan (JSON).",
+    )
+    p.add_argument("dataset")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="train")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser(
+        "build-dataset",
+        help="build a TFDS dataset (synthetic, cosmos55k, folder)",
+        description="Build synthetic[/CONFIG], cosmos55k (--manual-dir) or a "
+        "folder of image/mask pairs as a TFDS dataset.",
+    )
+    p.add_argument("name", help="synthetic[/default|small|tiny], cosmos55k or a folder path")
+    p.add_argument("--data-dir")
+    p.add_argument("--manual-dir", help="the assembled Cosmos55k folder")
+    p.add_argument("--skip-invalid", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_build_dataset)
+
+    p = sub.add_parser(
+        "demo",
+        help="train and compare UNet, UNet+C and UNet+E on synthetic data",
+        description="Builds a small synthetic dataset, trains UNet, UNet+C and "
+        "UNet+E briefly (narrow networks, small images) and prints the Table-1 "
+        "style comparison.",
+    )
+    p.add_argument("--output", default="ife_jax_demo", help="folder (default ./ife_jax_demo)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model")
+    p.add_argument("--data-dir", help="TFDS data directory (default OUTPUT/tfds)")
+    p.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ife-jax: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"ife-jax: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""Images/s of the full sharded train step for UNet, UNet+C, UNet+E, DeepLabV3+ and DeepLabV3+E.
+
+Default: the step with its input pipeline (the grain loader of ``ife_jax.data`` over the
+synthetic dataset, resized to --size). ``--device-only``: a fixed synthetic batch already on
+the device, which imports neither TFDS nor grain (for accelerators). With ``--peak-tflops``
+the table adds MFU from the FLOPs XLA's cost analysis reports for the compiled step.
+
+    python benchmarks/train.py --size 224 --batch-size 8
+    python benchmarks/train.py --device-only --batch-size 32 --precision bfloat16 --peak-tflops 989
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from ife_jax.train.config import TrainConfig
+from ife_jax.train.models import build_model
+from ife_jax.train.sharding import make_mesh, shard_batch
+from ife_jax.train.state import abstract_train_state, make_optimizer, state_shardings
+from ife_jax.train.step import jit_train_step, make_train_step
+
+VARIANTS = {
+    "UNet": ("unet", None),
+    "UNet+C": ("unet", "curvature"),
+    "UNet+E": ("unet", "entropy"),
+    "DeepLabV3+": ("deeplabv3plus", None),
+    "DeepLabV3+E": ("deeplabv3plus", "entropy"),
+}
+
+
+def _batches(args, size):
+    if args.device_only:
+        rng = np.random.default_rng(0)
+        batch = {
+            "image": rng.normal(size=(args.batch_size, size, size, 3)).astype(np.float32),
+            "mask": (rng.random((args.batch_size, size, size, 1)) > 0.5).astype(np.float32),
+        }
+        while True:
+            yield batch
+    import tfds_cosmos
+    from ife_jax.data import make_train_loader
+
+    source = tfds_cosmos.load("synthetic/small", split="train", data_dir=args.data_dir)
+    loader = make_train_loader(
+        source, batch_size=args.batch_size, seed=0, sizes=(size,), num_workers=args.num_workers
+    )
+    yield from iter(loader)
+
+
+def bench(name, args, mesh):
+    model_name, ife = VARIANTS[name]
+    kwargs = {"widths": tuple(args.widths)} if args.widths and model_name == "unet" else {}
+    config = TrainConfig(
+        model=model_name,
+        ife=ife,
+        precision=args.precision,
+        model_kwargs=kwargs,
+        batch_size=args.batch_size,
+    )
+    model = build_model(config)
+    tx = make_optimizer(config, 100)
+    abstract, init = abstract_train_state(model, tx, (1, args.size, args.size, 3))
+    shardings = state_shardings(abstract, mesh)
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    step = jit_train_step(make_train_step(model, tx, base_key=jax.random.key(1)), shardings, mesh)
+    batches = _batches(args, args.size)
+    batch = shard_batch(next(batches), mesh)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    for _ in range(args.warmup):
+        state, metrics = compiled(state, shard_batch(next(batches), mesh))
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        state, metrics = compiled(state, shard_batch(next(batches), mesh))
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    return {
+        "name": name,
+        "images_s": args.batch_size / median,
+        "step_s": median,
+        "compile_s": compile_s,
+        "tflops": flops / median / 1e12,
+        "flops": flops,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(VARIANTS))
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--widths",
+        type=lambda s: [int(x) for x in s.split(",")],
+        help="UNet widths (default: the full 64..1024)",
+    )
+    parser.add_argument(
+        "--device-only",
+        action="store_true",
+        help="a fixed batch on the device; no TFDS/grain import",
+    )
+    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (e.g. 989)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--data-dir")
+    args = parser.parse_args(argv)
+    mesh = make_mesh()
+    print(
+        f"{jax.devices()[0].device_kind} x{jax.device_count()}, batch {args.batch_size}, "
+        f"{args.size}x{args.size}, {args.precision}, "
+        f"{'device only' if args.device_only else 'with the input pipeline'}, "
+        f"median of {args.runs}"
+    )
+    rows = [bench(name, args, mesh) for name in args.models.split(",")]
+    header = f"{'model':<12}{'images/s':>10}{'step s':>9}{'compile s':>11}{'TFLOP/s':>9}"
+    header += f"{'IFE overhead':>14}" + (f"{'MFU':>8}" if args.peak_tflops else "")
+    print(header)
+    for r in rows:
+        family = "UNet" if r["name"].startswith("UNet") else "DeepLabV3"
+        plain = next(
+            (b for b in rows if b["name"] in (("UNet",) if family == "UNet" else ("DeepLabV3+",))),
+            None,
+        )
+        overhead = f"{r['step_s'] / plain['step_s']:.3f}x" if plain and plain is not r else "-"
+        line = (
+            f"{r['name']:<12}{r['images_s']:>10.2f}{r['step_s']:>9.3f}{r['compile_s']:>11.1f}"
+            f"{r['tflops']:>9.3f}{overhead:>14}"
+        )
+        if args.peak_tflops:
+            line += f"{100 * r['tflops'] / args.peak_tflops:>7.1f}%"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

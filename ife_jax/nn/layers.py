@@ -1,0 +1,155 @@
+"""Building blocks shared by the segmentation networks (NHWC, flax.linen)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: He-normal initialiser over the output fan, as torchvision's ResNet initialises convolutions.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+Dtype = Any
+
+
+def batch_norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str | None = None):
+    """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, epsilon 1e-5)."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def conv(
+    features: int,
+    kernel: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    use_bias: bool = False,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Conv:
+    """A square convolution padded like PyTorch's ``padding = dilation * (kernel - 1) // 2``."""
+    pad = dilation * (kernel - 1) // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        kernel_dilation=(dilation, dilation),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=use_bias,
+        kernel_init=conv_init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+class ConvBNReLU(nn.Module):
+    """``conv(k x k, dilation) -> BatchNorm -> ReLU``: (B, H, W, C) -> (B, H/s, W/s, features)."""
+
+    features: int
+    kernel: int = 3
+    stride: int = 1
+    dilation: int = 1
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = conv(
+            self.features,
+            self.kernel,
+            stride=self.stride,
+            dilation=self.dilation,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+        x = batch_norm(train, self.dtype, self.param_dtype, name="bn")(x)
+        return nn.relu(x)
+
+
+class DoubleConv(nn.Module):
+    """Two ``3x3 conv (bias) -> BatchNorm -> ReLU`` blocks, the classic UNet stage."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for i in range(2):
+            x = ConvBNReLU(
+                self.features,
+                use_bias=True,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"block{i}",
+            )(x, train)
+        return x
+
+
+def _align_corners_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) linear interpolation weights with corners aligned (``align_corners=True``)."""
+    m = np.zeros((n_out, n_in), np.float32)
+    if n_in == 1 or n_out == 1:
+        m[:, 0] = 1.0
+        return m
+    pos = np.arange(n_out, dtype=np.float64) * (n_in - 1) / (n_out - 1)
+    lo = np.clip(np.floor(pos).astype(np.int64), 0, n_in - 2)
+    frac = (pos - lo).astype(np.float32)
+    rows = np.arange(n_out)
+    m[rows, lo] += 1.0 - frac
+    m[rows, lo + 1] += frac
+    return m
+
+
+def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear resize of (B, H, W, C) to (B, h, w, C) with corner pixels aligned.
+
+    This is PyTorch's ``interpolate(mode="bilinear", align_corners=True)``: output pixel ``o``
+    samples input position ``o * (H - 1) / (h - 1)``. It is computed as two small matrix
+    products, separable over rows and columns, in ``x``'s dtype.
+    """
+    h, w = size
+    if x.shape[1:3] == (h, w):
+        return x
+    mh = jnp.asarray(_align_corners_matrix(h, x.shape[1]), x.dtype)
+    mw = jnp.asarray(_align_corners_matrix(w, x.shape[2]), x.dtype)
+    x = jnp.einsum("oh,bhwc->bowc", mh, x)
+    return jnp.einsum("pw,bowc->bopc", mw, x)
+
+
+def check_input(x: jax.Array, *, stride: int, name: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is (B, H, W, C) with H and W divisible by ``stride``."""
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects NHWC images (B, H, W, C); got shape {x.shape}.")
+    h, w = x.shape[1], x.shape[2]
+    if h % stride or w % stride:
+        raise ValueError(
+            f"{name} needs an input height and width divisible by {stride}; got {h} x {w} "
+            f"(pad or resize to a multiple of {stride})."
+        )
+
+
+def check_ife(ife: str | None, ratios: tuple[float, ...], n: int, *, name: str) -> None:
+    """Validate the ``ife`` criterion and its ``ratios`` for a network with ``n`` insertions."""
+    if ife not in (None, "curvature", "entropy"):
+        raise ValueError(f"{name}: ife must be None, 'curvature' or 'entropy'; got {ife!r}.")
+    if len(ratios) != n:
+        raise ValueError(f"{name}: ratios must have {n} entries; got {ratios!r}.")
+    for r in ratios:
+        if not 0.0 < float(r) <= 1.0:
+            raise ValueError(f"{name}: every ratio must lie in (0, 1]; got {ratios!r}.")

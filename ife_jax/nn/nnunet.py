@@ -1,0 +1,150 @@
+"""The 2-D nnU-Net ("PlainConvUNet") built from a plan, with IFE on the middle skips.
+
+Every convolution block is ``3x3 conv (bias) -> instance norm (affine, eps 1e-5) -> leaky ReLU
+(0.01)``. Encoder stage ``s`` has ``encoder_convs`` blocks, the first with the plan's stride
+(strided convolution instead of pooling). Decoder stage ``s`` (deep to shallow) up-samples the
+stage below with a transposed convolution (kernel = stride), concatenates the skip feature of
+encoder stage ``s`` (``[up, skip]``), and applies ``decoder_convs`` blocks; a 1x1 convolution
+head gives the logits. With ``ife`` set, the skips listed in ``plan.ife_levels`` are enhanced
+first (raw channels first, then the selected ones, as in the reference UNet), so that decoder
+stage's first convolution takes ``2 F + int(r F)`` channels.
+
+Deep supervision follows nnU-Net: decoder stage ``i`` has the loss weight ``2^-i``, the
+coarsest decoder stage gets 0, and the weights are normalised to sum to 1. The zero-weight
+stage has no head here (nnU-Net computes and discards it).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ife_jax.nn.ife import IFE
+from ife_jax.nn.layers import Dtype
+from ife_jax.nn.nnunet_plan import NNUNetPlan
+
+#: He-normal initialisation for leaky ReLU (slope 0.01), as nnU-Net initialises convolutions.
+he_init = nn.initializers.variance_scaling(2.0 / (1.0 + 0.01**2), "fan_in", "normal")
+
+
+def deep_supervision_weights(num_stages: int, deep_supervision: bool = True) -> tuple[float, ...]:
+    """nnU-Net's loss weights of the outputs that have a non-zero weight, full resolution first.
+
+    With ``S`` stages there are ``S - 1`` decoder outputs weighted ``2^-i``; the coarsest is
+    set to 0 (and not returned), the rest normalised to sum to 1. Without deep supervision, or
+    with fewer than three stages, only the main output remains: ``(1.0,)``.
+    """
+    n = num_stages - 2 if deep_supervision else 1
+    if n <= 1:
+        return (1.0,)
+    w = [0.5**i for i in range(n)]
+    total = sum(w)
+    return tuple(v / total for v in w)
+
+
+class ConvNormAct(nn.Module):
+    """``conv k x k (bias, stride) -> InstanceNorm (affine) -> LeakyReLU(0.01)``."""
+
+    features: int
+    stride: tuple[int, int] = (1, 1)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.Conv(
+            self.features,
+            (3, 3),
+            strides=tuple(self.stride),
+            padding=((1, 1), (1, 1)),
+            kernel_init=he_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+        x = nn.InstanceNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(
+            x
+        )
+        return nn.leaky_relu(x, 0.01)
+
+
+class NNUNet(nn.Module):
+    """A 2-D nnU-Net from an :class:`~ife_jax.nn.nnunet_plan.NNUNetPlan`.
+
+    Attributes:
+      plan: the configuration (stages, widths, strides, convolutions, IFE levels and ratios).
+      ife: ``None``, ``"curvature"`` or ``"entropy"``: enhance the skips in ``plan.ife_levels``.
+      entropy_mode: see :func:`ife_jax.entropy_scores`.
+
+    Call: ``model.apply(variables, images, train=False)``, ``images`` (B, H, W,
+    ``plan.in_channels``). Training needs H and W divisible by ``plan.total_stride`` and returns
+    a tuple ``(main, *deep)``: the main logits (B, H, W, num_classes), then the deep-supervision
+    logits at 1/2, 1/4, ... resolution (per the strides), weighted by :attr:`output_weights`.
+    Evaluation zero-pads the input to a multiple of the total stride, and returns the main
+    logits cropped back to (B, H, W, num_classes). No batch statistics: nothing is mutable.
+    """
+
+    plan: NNUNetPlan
+    ife: str | None = None
+    entropy_mode: str = "paper"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @property
+    def output_weights(self) -> tuple[float, ...]:
+        """Loss weights of the training outputs (nnU-Net's normalised ``2^-i``)."""
+        return deep_supervision_weights(self.plan.num_stages, self.plan.deep_supervision)
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False):
+        plan = self.plan
+        if self.ife not in (None, "curvature", "entropy"):
+            raise ValueError(f"NNUNet: ife must be None, 'curvature' or 'entropy'; got {self.ife!r}.")
+        if images.ndim != 4 or images.shape[-1] != plan.in_channels:
+            raise ValueError(
+                f"NNUNet expects (B, H, W, {plan.in_channels}) images; got shape {images.shape}."
+            )
+        h, w = images.shape[1:3]
+        sy, sx = plan.total_stride
+        pad = (-h % sy, -w % sx)
+        if any(pad):
+            if train:
+                raise ValueError(
+                    f"NNUNet training needs H and W divisible by {plan.total_stride}; got {h} x {w}."
+                )
+            images = jnp.pad(images, ((0, 0), (0, pad[0]), (0, pad[1]), (0, 0)))
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+        x, skips = images, []
+        for s, (f, stride) in enumerate(zip(plan.features, plan.strides, strict=True)):
+            for i in range(plan.encoder_convs):
+                x = ConvNormAct(f, tuple(stride) if i == 0 else (1, 1), name=f"enc{s}_{i}", **kw)(x)
+            skips.append(x)
+
+        outputs = {}
+        x = skips.pop()
+        for s in range(plan.num_stages - 2, -1, -1):
+            f, stride = plan.features[s], tuple(plan.strides[s + 1])
+            x = nn.ConvTranspose(
+                f, stride, strides=stride, padding="VALID", kernel_init=he_init, name=f"up{s}", **kw
+            )(x)
+            skip = skips.pop()
+            if self.ife is not None and s in plan.ife_levels:
+                r = plan.ife_ratios[plan.ife_levels.index(s)]
+                skip = IFE(self.ife, r, "raw_first", entropy_mode=self.entropy_mode, name=f"ife{s}")(
+                    skip
+                )
+            x = jnp.concatenate([x, skip], -1)
+            for i in range(plan.decoder_convs):
+                x = ConvNormAct(f, name=f"dec{s}_{i}", **kw)(x)
+            if s < len(self.output_weights):  # a head exactly where the loss weight is non-zero
+                # Always computed so that parameters exist in both modes; unused ones are
+                # removed by XLA.
+                outputs[s] = nn.Conv(
+                    plan.num_classes, (1, 1), kernel_init=he_init, name=f"head{s}", **kw
+                )(x)
+
+        if not train:
+            return outputs[0][:, :h, :w]
+        return tuple(outputs[s] for s in range(len(self.output_weights)))

@@ -1,0 +1,293 @@
+"""Res2Net-50 v1b (26w x 4s), the SINetV2 backbone, and its state-dict loader.
+
+Res2Net (Gao et al., TPAMI 2021) replaces the 3x3 convolution of a ResNet bottleneck by
+``scale`` groups of ``width`` channels processed hierarchically: group ``i`` is convolved
+after adding the output of group ``i - 1``, which widens the receptive field inside one block.
+The "v1b" variant has a deep stem (three 3x3 convolutions, 32-32-64 channels) and downsamples
+the shortcut with an average pool followed by a stride-1 1x1 convolution.
+
+Submodule names follow the public PyTorch layout so that ImageNet weights map one to one (see
+:func:`load_res2net_state_dict`): ``conv1_0``, ``conv1_1``, ``conv1_3``, ``conv1_4``,
+``conv1_6`` (the stem's ``conv1.{0,1,3,4,6}``), ``bn1``, ``layer{1..4}_{block}`` with
+``conv1``, ``bn1``, ``convs_{i}``, ``bns_{i}``, ``conv3``, ``bn3`` and, in the first block of
+a stage, ``downsample_conv`` / ``downsample_bn`` (``downsample.1`` / ``.2``; ``.0`` is the
+parameter-free pool).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ife_jax.nn import pretrained
+from ife_jax.nn.layers import Dtype, batch_norm, conv
+
+#: Bottleneck blocks per stage of Res2Net-50.
+RES2NET50_BLOCKS = (3, 4, 6, 3)
+
+
+class Bottle2neck(nn.Module):
+    """Res2Net bottleneck: 1x1 -> ``scale`` hierarchical 3x3 groups -> 1x1 (x4), residual, ReLU.
+
+    Attributes:
+      planes: bottleneck planes; the output has ``4 * planes`` channels.
+      stride: spatial stride of the 3x3 convolutions (and of the shortcut pool).
+      first: first block of a stage ("stage" type): the groups are not chained, the last
+        group is average-pooled (3x3, ``stride``, zero padding counted) instead of passed on,
+        and the shortcut is projected.
+      base_width: width of a group at ``planes = 64`` (26 for 26w); a group has
+        ``floor(planes * base_width / 64)`` channels.
+      scale: number of groups (4 for 4s).
+    """
+
+    planes: int
+    stride: int = 1
+    first: bool = False
+    base_width: int = 26
+    scale: int = 4
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.scale < 2:
+            raise ValueError(f"scale must be >= 2; got {self.scale}.")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        width = int(math.floor(self.planes * (self.base_width / 64.0)))
+        out = conv(width * self.scale, 1, name="conv1", **kw)(x)
+        out = nn.relu(batch_norm(train, name="bn1", **kw)(out))
+        groups = jnp.split(out, self.scale, axis=-1)
+        outs, sp = [], None
+        for i in range(self.scale - 1):
+            sp = groups[i] if (i == 0 or self.first) else sp + groups[i]
+            sp = conv(width, 3, stride=self.stride, name=f"convs_{i}", **kw)(sp)
+            sp = nn.relu(batch_norm(train, name=f"bns_{i}", **kw)(sp))
+            outs.append(sp)
+        last = groups[-1]
+        if self.first:
+            s = self.stride
+            last = nn.avg_pool(last, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)))
+        out = jnp.concatenate([*outs, last], axis=-1)
+        out = conv(self.planes * 4, 1, name="conv3", **kw)(out)
+        out = batch_norm(train, name="bn3", **kw)(out)
+        if self.first:
+            x = _shortcut_pool(x, self.stride)
+            x = conv(self.planes * 4, 1, name="downsample_conv", **kw)(x)
+            x = batch_norm(train, name="downsample_bn", **kw)(x)
+        return nn.relu(out + x)
+
+
+def _shortcut_pool(x: jax.Array, stride: int) -> jax.Array:
+    """``AvgPool(stride, stride, ceil_mode=True, count_include_pad=False)`` of the v1b shortcut."""
+    if stride == 1:
+        return x
+    ph, pw = -x.shape[1] % stride, -x.shape[2] % stride
+    return nn.avg_pool(
+        x,
+        (stride, stride),
+        strides=(stride, stride),
+        padding=((0, ph), (0, pw)),
+        count_include_pad=False,
+    )
+
+
+class Res2Net(nn.Module):
+    """Res2Net v1b without the classifier: returns the four stage outputs.
+
+    Attributes:
+      blocks: bottleneck blocks per stage ((3, 4, 6, 3) for Res2Net-50).
+      base_width, scale: 26 and 4 for the 26w x 4s variant.
+      planes: planes of the first stage (64); stages use ``planes * (1, 2, 4, 8)``. Smaller
+        values give tiny networks for tests.
+      stem_width: channels of the first two stem convolutions (32); the third has ``planes``.
+
+    Call: ``(B, H, W, C) -> (layer1, layer2, layer3, layer4)`` at strides 4, 8, 16 and 32, with
+    ``4 * planes * (1, 2, 4, 8)`` channels (256, 512, 1024, 2048 for Res2Net-50).
+    """
+
+    blocks: Sequence[int] = RES2NET50_BLOCKS
+    base_width: int = 26
+    scale: int = 4
+    planes: int = 64
+    stem_width: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
+        if len(self.blocks) != 4 or min(self.blocks) < 1:
+            raise ValueError(f"blocks must be 4 positive counts; got {self.blocks!r}.")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = conv(self.stem_width, 3, stride=2, name="conv1_0", **kw)(x)
+        x = nn.relu(batch_norm(train, name="conv1_1", **kw)(x))
+        x = conv(self.stem_width, 3, name="conv1_3", **kw)(x)
+        x = nn.relu(batch_norm(train, name="conv1_4", **kw)(x))
+        x = conv(self.planes, 3, name="conv1_6", **kw)(x)
+        x = nn.relu(batch_norm(train, name="bn1", **kw)(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        feats = []
+        for stage, n in enumerate(self.blocks):
+            for b in range(n):
+                x = Bottle2neck(
+                    self.planes * 2**stage,
+                    stride=2 if (stage > 0 and b == 0) else 1,
+                    first=b == 0,
+                    base_width=self.base_width,
+                    scale=self.scale,
+                    name=f"layer{stage + 1}_{b}",
+                    **kw,
+                )(x, train)
+            feats.append(x)
+        return tuple(feats)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _torch_name(path: Sequence[str], collection: str) -> str:
+    """Flax path inside the backbone -> name in the public Res2Net v1b state dict."""
+    *modules, leaf = path
+    parts = []
+    for m in modules:
+        if m == "downsample_conv":
+            parts.append("downsample.1")
+        elif m == "downsample_bn":
+            parts.append("downsample.2")
+        else:
+            parts.append(re.sub(r"^(conv1|layer\d+|convs|bns)_(\d+)$", r"\1.\2", m))
+    if collection == "batch_stats":
+        leaf = {"mean": "running_mean", "var": "running_var"}[leaf]
+    else:
+        leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
+    return ".".join([*parts, leaf])
+
+
+def _leaves(tree: Mapping, path: tuple[str, ...] = ()):
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            yield from _leaves(v, (*path, k))
+        else:
+            yield (*path, k), v
+
+
+def _copy(tree):
+    return {k: _copy(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
+
+
+def _subtree(tree: Mapping, prefix: Sequence[str], what: str) -> Mapping:
+    for p in prefix:
+        if p not in tree:
+            raise ValueError(f"no {'/'.join(prefix)!r} in the model's {what}; check `prefix`.")
+        tree = tree[p]
+    return tree
+
+
+def res2net_to_state_dict(
+    variables: Mapping, *, prefix: Sequence[str] = ("backbone",)
+) -> dict[str, np.ndarray]:
+    """The Res2Net under ``prefix`` as a PyTorch-layout state dict (weights OIHW, NumPy)."""
+    out = {}
+    for collection in ("params", "batch_stats"):
+        for path, value in _leaves(_subtree(variables[collection], prefix, collection)):
+            arr = np.asarray(value)
+            if path[-1] == "kernel":
+                arr = np.transpose(arr, (3, 2, 0, 1))
+            out[_torch_name(path, collection)] = arr
+    return out
+
+
+def load_res2net_state_dict(
+    variables: Mapping,
+    state_dict: Mapping[str, Any],
+    *,
+    prefix: Sequence[str] = ("backbone",),
+    ignore: Sequence[str] = pretrained.DEFAULT_IGNORE,
+    strict: bool = True,
+) -> dict:
+    """Return ``variables`` with the Res2Net at ``prefix`` replaced by a PyTorch state dict.
+
+    The names are those of the public Res2Net v1b code (``conv1.0.weight``,
+    ``layer1.0.convs.0.weight``, ``layer2.0.downsample.1.weight``, ...). Convolution weights
+    are transposed OIHW -> HWIO; BatchNorm running statistics go to ``batch_stats``; values are
+    cast to the dtype of the parameters they replace. For a 1-channel model, 3-channel stem
+    filters are summed (exact for grey images replicated to RGB).
+
+    Args:
+      variables: the model's ``{"params": ..., "batch_stats": ...}`` (e.g. from ``init``).
+      state_dict: ``{name: array}``.
+      prefix: where the Res2Net sits (``("backbone",)`` in :class:`~ife_jax.nn.SINetV2`,
+        ``()`` for a bare :class:`Res2Net`).
+      ignore: regular expressions of names to skip (BatchNorm counters, the classifier).
+      strict: raise on missing or unexpected names; shape mismatches always raise.
+
+    Returns:
+      A new variables dict (the input is not modified).
+
+    Raises:
+      ValueError: listing every missing name, unexpected name and shape mismatch.
+    """
+    new = {c: _copy(v) for c, v in variables.items()}
+    targets = {}
+    for collection in ("params", "batch_stats"):
+        sub = _subtree(new[collection], prefix, collection)
+        for path, value in _leaves(sub):
+            targets[_torch_name(path, collection)] = (sub, path, value)
+    given = {k for k in state_dict if not any(re.search(p, k) for p in ignore)}
+    missing = sorted(set(targets) - given)
+    unexpected = sorted(given - set(targets))
+    mismatched, updates = [], []
+    for name in sorted(given & set(targets)):
+        sub, path, old = targets[name]
+        arr = np.asarray(state_dict[name])
+        if path[-1] == "kernel":
+            if arr.ndim != 4:
+                mismatched.append(f"{name}: file {arr.shape} is not a 4-D OIHW weight")
+                continue
+            arr = np.transpose(arr, (2, 3, 1, 0))
+            if name == "conv1.0.weight" and arr.shape[2] == 3 and old.shape[2] == 1:
+                arr = arr.sum(axis=2, keepdims=True)
+        if arr.shape != tuple(old.shape):
+            mismatched.append(
+                f"{name}: file {tuple(np.shape(state_dict[name]))}, model expects "
+                f"{_torch_shape(old.shape, path[-1])}"
+            )
+            continue
+        updates.append((sub, path, arr.astype(old.dtype)))
+    problems = []
+    if strict and missing:
+        problems.append(f"missing from the state dict ({len(missing)}): {', '.join(missing)}")
+    if strict and unexpected:
+        problems.append(
+            f"unexpected in the state dict ({len(unexpected)}): {', '.join(unexpected)}"
+        )
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+    if problems:
+        raise ValueError("cannot load the Res2Net state dict:\n  " + "\n  ".join(problems))
+    for sub, path, arr in updates:
+        node = sub
+        for p in path[:-1]:
+            node = node[p]
+        node[path[-1]] = arr
+    return new
+
+
+def _torch_shape(shape, leaf: str) -> tuple[int, ...]:
+    return (shape[3], shape[2], shape[0], shape[1]) if leaf == "kernel" else tuple(shape)
+
+
+def load_pretrained_res2net(variables: Mapping, path: str | os.PathLike, **kwargs) -> dict:
+    """Read a ``.safetensors`` / ``.npz`` / ``.pth`` state dict and :func:`load_res2net_state_dict`.
+
+    Nothing is downloaded: pass the file of ImageNet weights you already have (the public
+    ``res2net50_v1b_26w_4s`` checkpoint).
+    """
+    return load_res2net_state_dict(variables, pretrained.read_state_dict(path), **kwargs)

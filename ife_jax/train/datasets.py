@@ -1,0 +1,131 @@
+"""The datasets of ``tfds_cosmos`` as training input and evaluation examples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+
+from ife_jax.train.config import TrainConfig
+from ife_jax.train.input import Example
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class SourceExamples(Sequence):
+    """A random-access TFDS source seen as a sequence of ``Example`` (decoded on access)."""
+
+    def __init__(self, source, limit: int | None = None):
+        self.source = source
+        self.n = len(source) if limit is None else min(limit, len(source))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        r = self.source[i % self.n]
+        mask = r["mask"][..., 0] if r["mask"].ndim == 3 else r["mask"]
+        return Example(
+            image=r["image"],
+            mask=(mask > 0).astype("uint8"),
+            image_id=_text(r["image_id"]),
+            modality=_text(r["modality"]),
+            anatomy=_text(r["anatomy"]),
+        )
+
+
+def load_examples(
+    dataset: str, split: str, *, data_dir: str | None = None, limit: int | None = None
+) -> SourceExamples:
+    """The examples of ``split`` of ``dataset`` (built first if it does not exist yet)."""
+    return SourceExamples(_source(dataset, split, data_dir), limit)
+
+
+class GrainTrainInput:
+    """The grain training pipeline of ``ife_jax.data`` as the loop consumes it.
+
+    Each process reads its own shard of the records (``source[process_index::process_count]``)
+    and makes its share of every global batch from it; the iterator state is grain's.
+    """
+
+    def __init__(self, source, config: TrainConfig):
+        from ife_jax.data import make_train_loader
+
+        count, index = jax.process_count(), jax.process_index()
+        if config.batch_size % count:
+            raise ValueError(
+                f"batch_size={config.batch_size} must be divisible by the number of processes "
+                f"({count})"
+            )
+        local = config.batch_size // count
+        self.steps_per_epoch = len(range(index, len(source), count)) // local
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"batch_size={config.batch_size} exceeds the {len(source)} training examples"
+            )
+        dataset = make_train_loader(
+            source,
+            batch_size=local,
+            seed=config.seed,
+            sizes=config.train_sizes,
+            num_workers=config.num_workers,
+            shard_index=index,
+            shard_count=count,
+        )
+        self._iterator = iter(dataset)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._iterator)
+
+    def get_state(self) -> dict:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._iterator.set_state(state)
+
+
+class _Limited:
+    """The first ``n`` records of a source."""
+
+    def __init__(self, source, n: int):
+        self.source, self.n = source, min(n, len(source))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.source[i]
+
+
+def _source(dataset: str, split: str, data_dir: str | None):
+    import tfds_cosmos
+
+    try:
+        return tfds_cosmos.load(dataset, split=split, data_dir=data_dir)
+    except KeyError as err:
+        raise ValueError(f"dataset {dataset!r} has no split {split!r}") from err
+
+
+def load_inputs(config: TrainConfig):
+    """``(train_input, validation_examples)`` for ``config``; each process reads its own shard."""
+    source = _source(config.dataset, config.train_split, config.data_dir)
+    if config.max_train_examples is not None:
+        source = _Limited(source, config.max_train_examples)
+    val = load_examples(
+        config.dataset,
+        config.eval_split,
+        data_dir=config.data_dir,
+        limit=config.max_eval_examples,
+    )
+    return GrainTrainInput(source, config), list(val)

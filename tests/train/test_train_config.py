@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from ife_jax.train.config import PRESETS, TrainConfig, preset
+
+
+def test_reference_presets_follow_the_recipe():
+    unet = preset("unet")
+    assert (unet.learning_rate, unet.grad_clip_norm, unet.eval_size) == (1e-4, 1.0, 224)
+    assert unet.train_sizes == (224, 256, 288, 320, 352, 384)
+    assert (unet.epochs, unet.batch_size, unet.decay_epochs) == (100, 16, (50,))
+    for name in ("deeplabv3plus", "sinetv2"):
+        config = preset(name)
+        assert (config.epochs, config.batch_size, config.decay_epochs) == (60, 32, (30,))
+
+
+def test_decay_every_gives_several_boundaries():
+    assert TrainConfig(epochs=10, decay_every_epochs=3).decay_epochs == (3, 6, 9)
+    assert TrainConfig(epochs=1).decay_epochs == ()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_json_round_trip(name):
+    config = PRESETS[name]
+    assert TrainConfig.from_json(config.to_json()) == config
+    assert json.loads(config.to_json())["model"] == config.model
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("model", "vgg"),
+        ("ife", "sharpness"),
+        ("ratios", (0.5, 1.5)),
+        ("precision", "float16"),
+        ("batch_size", 0),
+        ("train_sizes", ()),
+        ("learning_rate", -1.0),
+        ("decay_factor", 2.0),
+    ],
+)
+def test_bad_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_unknown_fields_and_presets_are_rejected():
+    with pytest.raises(ValueError, match="bogus"):
+        TrainConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="nope"):
+        preset("nope")

@@ -1,0 +1,123 @@
+"""Small helpers shared by the training tests; also a script that runs one tiny training.
+
+``python tinyrun.py WORKDIR [--epochs N] [--inject-nan-at STEP] [--checkpoint-every N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from ife_jax.train.config import TrainConfig, preset
+from ife_jax.train.input import ArrayInput, Example
+
+
+def blob_examples(n: int, *, seed: int = 0, size: tuple[int, int] = (40, 36)) -> list[Example]:
+    """``n`` images with one bright disc each (its mask), random position and radius."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    out = []
+    for i in range(n):
+        cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
+        r = rng.uniform(0.15, 0.3) * min(h, w)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+        image = rng.normal(90, 20, (h, w, 3)) + 90 * mask[..., None]
+        out.append(Example(np.clip(image, 0, 255).astype(np.uint8), mask, f"img{i}", "M", "A"))
+    return out
+
+
+def tiny_config(**changes) -> TrainConfig:
+    """The tiny preset with one training size (each size compiles the step once)."""
+    return preset("tiny", **{"train_sizes": (32,), **changes})
+
+
+def array_inputs(config: TrainConfig, *, nan_at: int | None = None):
+    import jax
+
+    examples = blob_examples(config.max_train_examples or 8)
+    train = ArrayInput(
+        examples,
+        global_batch_size=config.batch_size,
+        sizes=config.train_sizes,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    if nan_at is not None:
+        train = _Poisoned(train, nan_at)
+    return train, blob_examples(config.max_eval_examples or 4, seed=1)
+
+
+class _Poisoned:
+    """Wraps a training input so that batch ``at`` (0-based) holds a NaN image."""
+
+    def __init__(self, inner, at):
+        self.inner, self.at = inner, at
+        self.steps_per_epoch = inner.steps_per_epoch
+
+    def get_state(self):
+        return self.inner.get_state()
+
+    def set_state(self, state):
+        self.inner.set_state(state)
+
+    def __next__(self):
+        index = self.inner.get_state()["step"]
+        batch = next(self.inner)
+        if index == self.at:
+            batch["image"][0, 0, 0, 0] = np.nan
+        return batch
+
+
+def params_digest(workdir) -> dict:
+    """The best and latest checkpoint's parameters as flat float64 NumPy arrays (for comparing)."""
+    import jax
+
+    from ife_jax.train.checkpointing import Checkpointer
+
+    ck = Checkpointer(workdir)
+    state, _, _ = ck.read()
+    ck.close()
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    return {jax.tree_util.keystr(k): np.asarray(v, np.float64) for k, v in leaves}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("workdir")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--inject-nan-at", type=int, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=None)
+    parser.add_argument("--examples", type=int, default=8)
+    parser.add_argument("--dump", default=None, help="write the final parameters to this .npz")
+    args = parser.parse_args(argv)
+
+    from ife_jax.train.loop import train_and_evaluate
+
+    config = tiny_config(
+        epochs=args.epochs,
+        max_train_examples=args.examples,
+        checkpoint_every_steps=args.checkpoint_every,
+    )
+    summary = train_and_evaluate(
+        config,
+        args.workdir,
+        inputs=lambda c: array_inputs(c, nan_at=args.inject_nan_at),
+        progress=False,
+    )
+    if args.dump:
+        import jax
+
+        params = params_digest(args.workdir)  # every process: the checkpoint reader syncs them
+        if jax.process_index() == 0:
+            np.savez(args.dump, **params)
+    print("SUMMARY " + json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
