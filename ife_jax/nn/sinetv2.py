@@ -233,7 +233,9 @@ class SINetV2(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False):
         if self.num_classes != 1:
-            raise ValueError(f"SINetV2 predicts one map; num_classes must be 1, got {self.num_classes}.")
+            raise ValueError(
+                f"SINetV2 predicts one map; num_classes must be 1, got {self.num_classes}."
+            )
         if self.channels % 8 or self.channels < 8:
             raise ValueError(f"channels must be a positive multiple of 8; got {self.channels}.")
         if images.ndim != 4:
@@ -241,9 +243,8 @@ class SINetV2(nn.Module):
         check_ife(self.ife, tuple(self.ratios), 3, name="SINetV2")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         size = images.shape[1:3]
-        _, x2, x3, x4 = Res2Net(blocks=tuple(self.blocks), planes=self.planes, name="backbone", **kw)(
-            images, train
-        )
+        backbone = Res2Net(blocks=tuple(self.blocks), planes=self.planes, name="backbone", **kw)
+        _, x2, x3, x4 = backbone(images, train)
         t2 = TEM(self.channels, name="rfb2_1", **kw)(x2, train)
         t3 = TEM(self.channels, name="rfb3_1", **kw)(x3, train)
         t4 = TEM(self.channels, name="rfb4_1", **kw)(x4, train)
@@ -253,8 +254,8 @@ class SINetV2(nn.Module):
         def enhance(t, ratio, name):
             if self.ife is None:
                 return t
-            ife = IFE(self.ife, float(ratio), "selected_first", entropy_mode=self.entropy_mode, name=name)
-            return ife(t)
+            order = "selected_first"
+            return IFE(self.ife, float(ratio), order, entropy_mode=self.entropy_mode, name=name)(t)
 
         e2 = enhance(t2, self.ratios[0], "ife2")
         e3 = enhance(t3, self.ratios[1], "ife3")

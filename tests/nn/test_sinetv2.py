@@ -1,0 +1,205 @@
+"""SINetV2 and its Res2Net-50 v1b backbone: sizes, where IFE acts, weights, one training step."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ife_jax.losses import structure_loss
+from ife_jax.nn import IFE, Res2Net, SINetV2
+from ife_jax.nn.res2net import (
+    _shortcut_pool,
+    load_pretrained_res2net,
+    load_res2net_state_dict,
+    res2net_to_state_dict,
+)
+
+TINY = dict(blocks=(1, 1, 1, 1), planes=8)
+
+
+def _count(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _abstract(model, shape=(1, 96, 96, 3)):
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+
+
+def _random_variables(model, shape, seed=0):
+    """Variables with the model's structure, filled by NumPy (no compiled init, fast on CPU)."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
+        if name in ("scale", "var"):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.asarray(rng.normal(0, 0.01, leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, _abstract(model, shape))
+
+
+def test_parameter_counts_full_size():
+    # Res2Net-50 v1b 26w4s has 25,718,352 parameters with its 1000-class classifier
+    # (2048 * 1000 + 1000 = 2,049,000), which the backbone drops.
+    assert _count(_abstract(Res2Net())["params"]) == 25_718_352 - 2_049_000
+    plain = _count(_abstract(SINetV2())["params"])
+    # SINetV2 is reported at 26.98M parameters, counting the unused classifier.
+    assert plain == 24_926_642
+    assert plain + 2_049_000 == 26_975_642
+    # IFE adds one 3x3 convolution (with bias) per reverse stage: 32 + int(32 r) -> 32.
+    extra = sum(9 * (32 + int(32 * r)) * 32 + 32 for r in (0.75, 0.75, 1.0))
+    assert extra == 50_784
+    for ife in ("curvature", "entropy"):
+        assert _count(_abstract(SINetV2(ife=ife))["params"]) == plain + extra
+    half = _count(_abstract(SINetV2(ife="entropy", ratios=(0.5, 0.5, 0.5)))["params"])
+    assert half == plain + 3 * (9 * 48 * 32 + 32)
+
+
+def test_backbone_stage_shapes():
+    v = _abstract(Res2Net(), (1, 65, 63, 3))
+    outs = jax.eval_shape(lambda v: Res2Net().apply(v, jnp.zeros((1, 65, 63, 3))), v)
+    # Stem stride 2 then max-pool stride 2 (ceil for odd sizes), then three stride-2 stages.
+    assert [o.shape for o in outs] == [
+        (1, 17, 16, 256),
+        (1, 9, 8, 512),
+        (1, 5, 4, 1024),
+        (1, 3, 2, 2048),
+    ]
+
+
+@pytest.mark.parametrize("ife", [None, "entropy"])
+def test_output_shapes_full_size(ife):
+    model = SINetV2(ife=ife)
+    x = jnp.zeros((2, 352, 352, 3))
+    v = _abstract(model, x.shape)
+    outs, _ = jax.eval_shape(
+        lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), v
+    )
+    assert len(outs) == 4 and len(model.output_weights) == 4
+    assert all(o.shape == (2, 352, 352, 1) for o in outs)
+    assert jax.eval_shape(lambda v: model.apply(v, x), v).shape == (2, 352, 352, 1)
+    # Non-multiples of 32 still come back at input resolution.
+    y = jnp.zeros((1, 200, 136, 3))
+    assert jax.eval_shape(lambda v: model.apply(v, y), v).shape == (1, 200, 136, 1)
+
+
+def test_shortcut_pool_matches_ceil_mode_average():
+    x = np.random.default_rng(0).normal(size=(1, 5, 7, 2)).astype(np.float32)
+    want = np.zeros((1, 3, 4, 2), np.float32)
+    for i in range(3):
+        for j in range(4):
+            want[0, i, j] = x[0, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(axis=(0, 1))
+    np.testing.assert_allclose(_shortcut_pool(jnp.asarray(x), 2), want, rtol=1e-6)
+
+
+def test_ife_reaches_only_the_reverse_stages():
+    model = SINetV2(ife="curvature", **TINY)
+    x = jax.random.normal(jax.random.key(1), (2, 96, 96, 3))
+    v = _random_variables(model, x.shape)
+    enhanced_shapes = []
+
+    @jax.jit
+    def run(v, eps):
+        def perturb(next_fun, args, kwargs, context):
+            y = next_fun(*args, **kwargs)
+            if isinstance(context.module, IFE) and context.method_name == "__call__":
+                enhanced_shapes.append(y.shape)
+                y = y + eps * jax.random.normal(jax.random.key(7), y.shape, y.dtype)
+            return y
+
+        with nn.intercept_methods(perturb):
+            outs, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+        return outs
+
+    base, moved = run(v, 0.0), run(v, 1.0)
+    # TEM outputs at strides 8, 16, 32 with 32 + int(32 r) channels (selected first).
+    assert sorted(enhanced_shapes) == sorted([(2, 12, 12, 56), (2, 6, 6, 56), (2, 3, 3, 64)])
+    np.testing.assert_array_equal(base[0], moved[0])  # the NCD output S_g
+    for b, m in zip(base[1:], moved[1:], strict=True):
+        assert float(jnp.max(jnp.abs(b - m))) > 1e-3
+
+
+def _state_dict_variables(model, shape):
+    v = _random_variables(model, shape, seed=3)
+    return {k: jax.tree.map(np.asarray, t) for k, t in v.items()}
+
+
+def test_state_dict_round_trip_and_names(tmp_path):
+    full = _abstract(Res2Net(), (1, 64, 64, 3))
+    names = set(res2net_to_state_dict(jax.tree.map(lambda s: np.zeros(s.shape), full), prefix=()))
+    assert len(names) == 435  # every tensor of the public checkpoint but fc.* and counters
+    assert {"conv1.0.weight", "conv1.4.running_var", "conv1.6.weight", "bn1.bias"} <= names
+    assert {"layer1.0.convs.2.weight", "layer4.2.bns.0.running_mean"} <= names
+    assert {"layer2.0.downsample.1.weight", "layer2.0.downsample.2.running_var"} <= names
+
+    model = SINetV2(**TINY)
+    src = _state_dict_variables(model, (1, 96, 96, 3))
+    sd = res2net_to_state_dict(src)
+    assert sd["layer1.0.conv1.weight"].shape == (4 * 3, 8, 1, 1)  # 4 groups of floor(8*26/64)
+    sd["layer1.0.bn1.num_batches_tracked"] = np.array(5)
+    sd["fc.weight"] = np.zeros((1000, 256), np.float32)
+    np.savez(tmp_path / "r2n.npz", **sd)
+    dst = _state_dict_variables(model, (1, 96, 96, 3))
+    dst = jax.tree.map(np.zeros_like, dst)
+    loaded = load_pretrained_res2net(dst, tmp_path / "r2n.npz")
+    for c in ("params", "batch_stats"):
+        jax.tree.map(np.testing.assert_array_equal, loaded[c]["backbone"], src[c]["backbone"])
+    # Everything outside the backbone is untouched.
+    np.testing.assert_array_equal(loaded["params"]["NCD"]["conv5"]["kernel"], 0)
+
+    bad = dict(sd)
+    del bad["layer3.0.convs.1.weight"]
+    bad["layer9.0.conv1.weight"] = np.zeros(1)
+    bad["layer1.0.conv3.weight"] = np.zeros((32, 12, 3, 3), np.float32)
+    with pytest.raises(ValueError) as err:
+        load_res2net_state_dict(dst, bad)
+    msg = str(err.value)
+    assert "missing from the state dict (1): layer3.0.convs.1.weight" in msg
+    assert "unexpected in the state dict (1): layer9.0.conv1.weight" in msg
+    assert "layer1.0.conv3.weight: file (32, 12, 3, 3), model expects (32, 12, 1, 1)" in msg
+
+
+def test_grey_stem_sums_rgb_filters():
+    model = Res2Net(**TINY)
+    rgb = _state_dict_variables(model, (1, 64, 64, 3))
+    grey = jax.tree.map(np.zeros_like, _state_dict_variables(model, (1, 64, 64, 1)))
+    loaded = load_res2net_state_dict(grey, res2net_to_state_dict(rgb, prefix=()), prefix=())
+    np.testing.assert_allclose(
+        loaded["params"]["conv1_0"]["kernel"][:, :, 0],
+        rgb["params"]["conv1_0"]["kernel"].sum(axis=2),
+        rtol=1e-6,
+    )
+
+
+def test_one_train_step_reduces_the_loss():
+    model = SINetV2(ife="entropy", **TINY)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 96, 96, 3)), jnp.float32)
+    yy, xx = np.mgrid[:96, :96]
+    masks = ((yy - 48) ** 2 + (xx - 40) ** 2 < 25**2).astype(np.float32)
+    masks = jnp.asarray(np.stack([masks, masks[::-1]])[..., None])
+    v = _random_variables(model, x.shape)
+    tx = optax.adam(1e-4)
+
+    def loss_fn(params, stats, x, masks):
+        outs, new = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        w = model.output_weights
+        return sum(wi * structure_loss(o, masks) for wi, o in zip(w, outs, strict=True)), new
+
+    @jax.jit  # data as arguments, not constants: XLA would constant-fold the loss otherwise
+    def step(params, stats, opt_state, x, masks):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, x, masks)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    params, stats = v["params"], v["batch_stats"]
+    params1, _, loss0 = step(params, stats, tx.init(params), x, masks)
+    _, _, loss1 = step(params1, stats, tx.init(params1), x, masks)
+    assert np.isfinite(loss0) and float(loss1) < float(loss0)
