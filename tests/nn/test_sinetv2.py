@@ -72,14 +72,11 @@ def test_backbone_stage_shapes():
     ]
 
 
-@pytest.mark.parametrize("ife", [None, "entropy"])
-def test_output_shapes_full_size(ife):
-    model = SINetV2(ife=ife)
+def test_output_shapes_full_size():
+    model = SINetV2(ife="entropy")
     x = jnp.zeros((2, 352, 352, 3))
     v = _abstract(model, x.shape)
-    outs, _ = jax.eval_shape(
-        lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), v
-    )
+    outs, _ = jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), v)
     assert len(outs) == 4 and len(model.output_weights) == 4
     assert all(o.shape == (2, 352, 352, 1) for o in outs)
     assert jax.eval_shape(lambda v: model.apply(v, x), v).shape == (2, 352, 352, 1)
@@ -95,33 +92,6 @@ def test_shortcut_pool_matches_ceil_mode_average():
         for j in range(4):
             want[0, i, j] = x[0, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(axis=(0, 1))
     np.testing.assert_allclose(_shortcut_pool(jnp.asarray(x), 2), want, rtol=1e-6)
-
-
-def test_ife_reaches_only_the_reverse_stages():
-    model = SINetV2(ife="curvature", **TINY)
-    x = jax.random.normal(jax.random.key(1), (2, 96, 96, 3))
-    v = _random_variables(model, x.shape)
-    enhanced_shapes = []
-
-    @jax.jit
-    def run(v, eps):
-        def perturb(next_fun, args, kwargs, context):
-            y = next_fun(*args, **kwargs)
-            if isinstance(context.module, IFE) and context.method_name == "__call__":
-                enhanced_shapes.append(y.shape)
-                y = y + eps * jax.random.normal(jax.random.key(7), y.shape, y.dtype)
-            return y
-
-        with nn.intercept_methods(perturb):
-            outs, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
-        return outs
-
-    base, moved = run(v, 0.0), run(v, 1.0)
-    # TEM outputs at strides 8, 16, 32 with 32 + int(32 r) channels (selected first).
-    assert sorted(enhanced_shapes) == sorted([(2, 12, 12, 56), (2, 6, 6, 56), (2, 3, 3, 64)])
-    np.testing.assert_array_equal(base[0], moved[0])  # the NCD output S_g
-    for b, m in zip(base[1:], moved[1:], strict=True):
-        assert float(jnp.max(jnp.abs(b - m))) > 1e-3
 
 
 def _state_dict_variables(model, shape):
@@ -176,30 +146,68 @@ def test_grey_stem_sums_rgb_filters():
     )
 
 
-def test_one_train_step_reduces_the_loss():
+@pytest.fixture(scope="module")
+def tiny_run():
+    """One compiled training step of a tiny SINetV2 with entropy IFE, whose IFE outputs get
+    ``eps`` times a fixed noise added (through a method interceptor); the compilation is shared
+    by the two tests below, as it is the slow part on CPU."""
     model = SINetV2(ife="entropy", **TINY)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 96, 96, 3)), jnp.float32)
     yy, xx = np.mgrid[:96, :96]
-    masks = ((yy - 48) ** 2 + (xx - 40) ** 2 < 25**2).astype(np.float32)
-    masks = jnp.asarray(np.stack([masks, masks[::-1]])[..., None])
+    m = ((yy - 48) ** 2 + (xx - 40) ** 2 < 25**2).astype(np.float32)
+    masks = jnp.asarray(np.stack([m, m[::-1]])[..., None])
     v = _random_variables(model, x.shape)
     tx = optax.adam(1e-4)
+    enhanced_shapes = []
 
-    def loss_fn(params, stats, x, masks):
-        outs, new = model.apply(
-            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
-        )
+    def perturb(next_fun, args, kwargs, context):
+        y = next_fun(*args, **kwargs)
+        if isinstance(context.module, IFE) and context.method_name == "__call__":
+            enhanced_shapes.append(y.shape)
+            y = y + context.module.scope.get_variable("perturb", "eps") * jax.random.normal(
+                jax.random.key(7), y.shape, y.dtype
+            )
+        return y
+
+    def loss_fn(params, stats, eps, x, masks):
+        eps_tree = {"ife2": {"eps": eps}, "ife3": {"eps": eps}, "ife4": {"eps": eps}}
+        with nn.intercept_methods(perturb):
+            outs, _ = model.apply(
+                {"params": params, "batch_stats": stats, "perturb": eps_tree},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
         w = model.output_weights
-        return sum(wi * structure_loss(o, masks) for wi, o in zip(w, outs, strict=True)), new
+        return sum(wi * structure_loss(o, masks) for wi, o in zip(w, outs, strict=True)), outs
 
     @jax.jit  # data as arguments, not constants: XLA would constant-fold the loss otherwise
-    def step(params, stats, opt_state, x, masks):
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, x, masks)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def step(params, stats, eps, x, masks):
+        (loss, outs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, stats, eps, x, masks
+        )
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return optax.apply_updates(params, updates), outs, loss
 
-    params, stats = v["params"], v["batch_stats"]
-    params1, _, loss0 = step(params, stats, tx.init(params), x, masks)
-    _, _, loss1 = step(params1, stats, tx.init(params1), x, masks)
+    def run(params, eps):
+        return step(params, v["batch_stats"], jnp.float32(eps), x, masks)
+
+    return run, v["params"], enhanced_shapes
+
+
+def test_ife_reaches_only_the_reverse_stages(tiny_run):
+    run, params, enhanced_shapes = tiny_run
+    (_, base, _), (_, moved, _) = run(params, 0.0), run(params, 1.0)
+    # TEM outputs at strides 8, 16, 32 with 32 + int(32 r) channels (selected first).
+    assert sorted(set(enhanced_shapes)) == sorted([(2, 12, 12, 56), (2, 6, 6, 56), (2, 3, 3, 64)])
+    np.testing.assert_array_equal(base[0], moved[0])  # the NCD output S_g
+    for b, m in zip(base[1:], moved[1:], strict=True):
+        assert float(jnp.max(jnp.abs(b - m))) > 1e-3
+
+
+def test_one_train_step_reduces_the_loss(tiny_run):
+    run, params, _ = tiny_run
+    params1, _, loss0 = run(params, 0.0)
+    _, _, loss1 = run(params1, 0.0)
     assert np.isfinite(loss0) and float(loss1) < float(loss0)
