@@ -35,7 +35,8 @@ def _rbg_key(seed: jax.Array) -> jax.Array:
     network from them compiles very slowly on CPU, so the seed is re-wrapped as an ``rbg`` key.
     """
     data = jnp.asarray(seed).astype(jnp.uint32).reshape(-1)[:2]
-    return jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)]), impl="rbg")
+    data = jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)])
+    return jax.random.wrap_key_data(data, impl="rbg")
 
 
 def _encode(value: Any) -> Any:
