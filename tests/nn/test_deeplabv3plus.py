@@ -110,6 +110,7 @@ def test_dilation_replaces_stride(output_stride, expected):
         ({"output_stride": 32}, (1, 64, 64, 3), "output_stride"),
         ({"backbone": "resnet18"}, (1, 64, 64, 3), "backbone"),
         ({"ife": "entropy", "ratios": (0.0, 0.5)}, (1, 64, 64, 3), "ratio"),
+        ({"ife": "curvature"}, (1, 32, 64, 3), "at least 48 pixels"),
     ],
 )
 def test_bad_arguments(kwargs, shape, match):
