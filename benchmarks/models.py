@@ -23,11 +23,28 @@ import numpy as np
 import optax
 
 from ife_jax.losses import structure_loss
-from ife_jax.nn import DeepLabV3Plus, UNet
+from ife_jax.nn import DeepLabV3Plus, NNUNet, SINetV2, UNet
+from ife_jax.nn.nnunet_plan import ChannelIntensity, Fingerprint, plan_from_fingerprint
+
+#: The 2-D nnU-Net plan of a dataset of 1000 RGB 224 x 224 images (6 stages, widths 32-512);
+#: the network runs on any size divisible by its total stride (32).
+NNUNET_PLAN = plan_from_fingerprint(
+    Fingerprint(
+        num_images=1000,
+        num_channels=3,
+        median_shape=(224, 224),
+        min_shape=(224, 224),
+        max_shape=(224, 224),
+        foreground_fraction=0.2,
+        intensity=(ChannelIntensity(0.0, 1.0, -3.0, 3.0, -2.5, 2.5),) * 3,
+    )
+)
 
 MODELS = {
     "unet": lambda ife, dtype: UNet(ife=ife, dtype=dtype),
     "deeplabv3plus": lambda ife, dtype: DeepLabV3Plus(ife=ife, dtype=dtype),
+    "sinetv2": lambda ife, dtype: SINetV2(ife=ife, dtype=dtype),
+    "nnunet": lambda ife, dtype: NNUNet(NNUNET_PLAN, ife=ife, dtype=dtype),
 }
 
 
@@ -92,9 +109,10 @@ def bench(name, ife, dtype, *, batch, size, repeats):
                 mutable=["batch_stats"],
             )
             outs = out if isinstance(out, tuple | list) else (out,)
+            weights = getattr(model, "output_weights", None) or (1.0,) * len(outs)
             loss = sum(
-                structure_loss(o, jax.image.resize(masks, (*o.shape[:3], 1), "bilinear"))
-                for o in outs
+                w * structure_loss(o, jax.image.resize(masks, (*o.shape[:3], 1), "bilinear"))
+                for w, o in zip(weights, outs, strict=True)
             )
             return loss, upd["batch_stats"]
 
