@@ -135,6 +135,12 @@ class NNUNet(nn.Module):
             )(x)
             skip = skips.pop()
             if self.ife is not None and s in plan.ife_levels:
+                if min(skip.shape[1:3]) < 3:
+                    raise ValueError(
+                        f"NNUNet: IFE on skip level {s} needs its feature map to be at least "
+                        f"3 x 3; got {skip.shape[1]} x {skip.shape[2]} (a larger input or "
+                        "other ife_levels)."
+                    )
                 r = plan.ife_ratios[plan.ife_levels.index(s)]
                 ife = IFE(self.ife, r, "raw_first", entropy_mode=self.entropy_mode, name=f"ife{s}")
                 skip = ife(skip)

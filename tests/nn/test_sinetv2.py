@@ -85,6 +85,14 @@ def test_output_shapes_full_size():
     assert jax.eval_shape(lambda v: model.apply(v, y), v).shape == (1, 200, 136, 1)
 
 
+def test_ife_needs_three_by_three_deep_features():
+    model = SINetV2(ife="curvature", **TINY)
+    with pytest.raises(ValueError, match="at least 3 x 3"):
+        _abstract(model, (1, 64, 64, 3))
+    _abstract(model, (1, 65, 65, 3))
+    _abstract(SINetV2(**TINY), (1, 64, 64, 3))  # no IFE, no limit
+
+
 def test_shortcut_pool_matches_ceil_mode_average():
     x = np.random.default_rng(0).normal(size=(1, 5, 7, 2)).astype(np.float32)
     want = np.zeros((1, 3, 4, 2), np.float32)
