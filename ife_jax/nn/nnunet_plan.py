@@ -525,6 +525,12 @@ def plan_dataset(
     iterable of ``(image, mask)`` NumPy pairs (e.g. a generator over a TFDS data source).
 
     Keyword arguments go to :func:`plan_from_fingerprint` (``memory_gb``, ``modality``, ...).
+
+    Example:
+      >>> plan = plan_dataset("data/train", memory_gb=16)        # X.png + X_mask.png pairs
+      >>> src = tfds.data_source("cosmos_folder", split="train")  # or any random-access source
+      >>> plan = plan_dataset((ex["image"], ex["mask"]) for ex in src)
+      >>> print(format_plan(plan)); plan.save("workdir/plan.json")
     """
     pairs = folder_pairs(source) if isinstance(source, str | os.PathLike) else source
     fp = compute_fingerprint(pairs, samples_per_image=samples_per_image, seed=seed)

@@ -15,6 +15,7 @@ from ife_jax.nn.res2net import (
     load_res2net_state_dict,
     res2net_to_state_dict,
 )
+from ife_jax.nn.sinetv2 import GRA
 
 TINY = dict(blocks=(1, 1, 1, 1), planes=8)
 
@@ -91,6 +92,28 @@ def test_ife_needs_three_by_three_deep_features():
         _abstract(model, (1, 64, 64, 3))
     _abstract(model, (1, 65, 65, 3))
     _abstract(SINetV2(**TINY), (1, 64, 64, 3))  # no IFE, no limit
+
+
+def test_gra_interleaves_the_reverse_map_after_every_group():
+    x = jnp.arange(4 * 4 * 8, dtype=jnp.float32).reshape(1, 4, 4, 8)
+    y = -jnp.ones((1, 4, 4, 1))
+    seen = []
+
+    def capture(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Conv) and context.module.name == "conv":
+            seen.append(args[0])
+        return next_fun(*args, **kwargs)
+
+    gra = GRA(4)
+    with nn.intercept_methods(capture):
+        v = gra.init(jax.random.key(0, impl="rbg"), x, y)
+    # [x_1, y, x_2, y, x_3, y, x_4, y] with x_i = channels 2i-2, 2i-1.
+    parts = []
+    for i in range(4):
+        parts += [x[..., 2 * i : 2 * i + 2], y]
+    np.testing.assert_array_equal(seen[0], jnp.concatenate(parts, -1))
+    assert v["params"]["conv"]["kernel"].shape == (3, 3, 12, 8)
+    assert v["params"]["score"]["kernel"].shape == (3, 3, 8, 1)
 
 
 def test_shortcut_pool_matches_ceil_mode_average():
