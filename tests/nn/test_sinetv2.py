@@ -227,6 +227,7 @@ def tiny_run():
     return run, v["params"], enhanced_shapes
 
 
+@pytest.mark.slow  # shares a ~40-130 s CPU compile with the next test
 def test_ife_reaches_only_the_reverse_stages(tiny_run):
     run, params, enhanced_shapes = tiny_run
     (_, base, _), (_, moved, _) = run(params, 0.0), run(params, 1.0)
@@ -237,6 +238,7 @@ def test_ife_reaches_only_the_reverse_stages(tiny_run):
         assert float(jnp.max(jnp.abs(b - m))) > 1e-3
 
 
+@pytest.mark.slow
 def test_one_train_step_reduces_the_loss(tiny_run):
     run, params, _ = tiny_run
     params1, _, loss0 = run(params, 0.0)
