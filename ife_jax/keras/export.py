@@ -35,7 +35,8 @@ def _rbg_key(seed: jax.Array) -> jax.Array:
     network from them compiles very slowly on CPU, so the seed is re-wrapped as an ``rbg`` key.
     """
     data = jnp.asarray(seed).astype(jnp.uint32).reshape(-1)[:2]
-    return jax.random.wrap_key_data(jnp.concatenate([data, data ^ 0x9E3779B9]), impl="rbg")
+    data = jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)])
+    return jax.random.wrap_key_data(data, impl="rbg")
 
 
 def _encode(value: Any) -> Any:
@@ -135,6 +136,14 @@ class FlaxModule(keras.layers.JaxLayer):
         if isinstance(out, tuple | list):
             out = out[0]
         return out, {**state, **updates}
+
+    def _initialize_weights(self, input_shape):
+        # JaxLayer's version asks TensorFlow whether it runs inside a tf.function; on the JAX
+        # backend TensorFlow need not be installed, so initialise directly (jitted: one compile).
+        inputs = jnp.ones([d if d is not None else 1 for d in input_shape], jnp.float32)
+        params, state = jax.jit(self._init_fn)(self._get_init_rng(), inputs)
+        self.tracked_params = self._create_variables(params, trainable=True)
+        self.tracked_state = self._create_variables(state, trainable=False)
 
     def _get_init_rng(self):
         return {"params": self._get_init_seed(), "dropout": self._get_init_seed()}

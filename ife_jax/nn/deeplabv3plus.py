@@ -106,6 +106,11 @@ class DeepLabV3Plus(nn.Module):
         if self.output_stride not in (8, 16):
             raise ValueError(f"{name}: output_stride must be 8 or 16; got {self.output_stride!r}.")
         check_input(x, stride=self.stride, name=name)
+        if self.ife is not None and min(x.shape[1:3]) < 3 * self.stride:
+            raise ValueError(
+                f"{name}: with IFE the input must be at least {3 * self.stride} pixels on each "
+                f"side (IFE needs 3 x 3 ASPP features); got {x.shape[1]} x {x.shape[2]}."
+            )
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         size = x.shape[1:3]
         x = x.astype(self.dtype)

@@ -63,9 +63,10 @@ class ConvNormAct(nn.Module):
             param_dtype=self.param_dtype,
             name="conv",
         )(x)
-        x = nn.InstanceNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(
-            x
+        norm = nn.InstanceNorm(
+            epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype, name="norm"
         )
+        x = norm(x)
         return nn.leaky_relu(x, 0.01)
 
 
@@ -100,7 +101,9 @@ class NNUNet(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False):
         plan = self.plan
         if self.ife not in (None, "curvature", "entropy"):
-            raise ValueError(f"NNUNet: ife must be None, 'curvature' or 'entropy'; got {self.ife!r}.")
+            raise ValueError(
+                f"NNUNet: ife must be None, 'curvature' or 'entropy'; got {self.ife!r}."
+            )
         if images.ndim != 4 or images.shape[-1] != plan.in_channels:
             raise ValueError(
                 f"NNUNet expects (B, H, W, {plan.in_channels}) images; got shape {images.shape}."
@@ -111,7 +114,8 @@ class NNUNet(nn.Module):
         if any(pad):
             if train:
                 raise ValueError(
-                    f"NNUNet training needs H and W divisible by {plan.total_stride}; got {h} x {w}."
+                    f"NNUNet training needs H and W divisible by {plan.total_stride}; "
+                    f"got {h} x {w}."
                 )
             images = jnp.pad(images, ((0, 0), (0, pad[0]), (0, pad[1]), (0, 0)))
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -131,10 +135,15 @@ class NNUNet(nn.Module):
             )(x)
             skip = skips.pop()
             if self.ife is not None and s in plan.ife_levels:
+                if min(skip.shape[1:3]) < 3:
+                    raise ValueError(
+                        f"NNUNet: IFE on skip level {s} needs its feature map to be at least "
+                        f"3 x 3; got {skip.shape[1]} x {skip.shape[2]} (a larger input or "
+                        "other ife_levels)."
+                    )
                 r = plan.ife_ratios[plan.ife_levels.index(s)]
-                skip = IFE(self.ife, r, "raw_first", entropy_mode=self.entropy_mode, name=f"ife{s}")(
-                    skip
-                )
+                ife = IFE(self.ife, r, "raw_first", entropy_mode=self.entropy_mode, name=f"ife{s}")
+                skip = ife(skip)
             x = jnp.concatenate([x, skip], -1)
             for i in range(plan.decoder_convs):
                 x = ConvNormAct(f, name=f"dec{s}_{i}", **kw)(x)

@@ -469,7 +469,11 @@ def plan_from_fingerprint(
 
     patch = median
     patch, pools, strides, features = _network(patch, **net_kw)
-    while math.floor(scale / activation_count(patch, features, strides, **conv_kw)) < min_batch_size:
+
+    def batch_for(patch, features, strides):
+        return math.floor(scale / activation_count(patch, features, strides, **conv_kw))
+
+    while batch_for(patch, features, strides) < min_batch_size:
         ratios = [p / m for p, m in zip(patch, median, strict=True)]
         axis = int(np.argsort(ratios, kind="stable")[-1])  # ties: the last axis, as nnU-Net
         step = 2 ** pools[axis]
@@ -479,7 +483,7 @@ def plan_from_fingerprint(
             )
         patch = tuple(p - step if a == axis else p for a, p in enumerate(patch))
         patch, pools, strides, features = _network(patch, **net_kw)
-    batch = math.floor(scale / activation_count(patch, features, strides, **conv_kw))
+    batch = batch_for(patch, features, strides)
     cap = round(
         max_dataset_fraction * fingerprint.num_images * math.prod(median) / math.prod(patch)
     )
@@ -521,6 +525,12 @@ def plan_dataset(
     iterable of ``(image, mask)`` NumPy pairs (e.g. a generator over a TFDS data source).
 
     Keyword arguments go to :func:`plan_from_fingerprint` (``memory_gb``, ``modality``, ...).
+
+    Example:
+      >>> plan = plan_dataset("data/train", memory_gb=16)        # X.png + X_mask.png pairs
+      >>> src = tfds.data_source("cosmos_folder", split="train")  # or any random-access source
+      >>> plan = plan_dataset((ex["image"], ex["mask"]) for ex in src)
+      >>> print(format_plan(plan)); plan.save("workdir/plan.json")
     """
     pairs = folder_pairs(source) if isinstance(source, str | os.PathLike) else source
     fp = compute_fingerprint(pairs, samples_per_image=samples_per_image, seed=seed)
@@ -529,6 +539,7 @@ def plan_dataset(
 
 def format_plan(plan: NNUNetPlan) -> str:
     """A human-readable summary of a plan (what ``ife-jax plan`` prints)."""
+    bottleneck = tuple(p // s for p, s in zip(plan.patch_size, plan.total_stride, strict=True))
     lines = [
         "nnU-Net 2-D plan",
         f"  median image size : {_xy(plan.median_shape)} over {plan.num_images} images"
@@ -538,7 +549,7 @@ def format_plan(plan: NNUNetPlan) -> str:
         f"  batch size        : {plan.batch_size}"
         + (f" (memory budget {plan.memory_gb:g} GB)" if plan.memory_gb else ""),
         f"  stages            : {plan.num_stages} (total stride {_xy(plan.total_stride)}, "
-        f"bottleneck {_xy(tuple(p // s for p, s in zip(plan.patch_size, plan.total_stride)))})",
+        f"bottleneck {_xy(bottleneck)})",
         f"  convs per stage   : {plan.encoder_convs} encoder, {plan.decoder_convs} decoder",
         f"  channels          : in {plan.in_channels}, out {plan.num_classes}",
         f"  normalisation     : {plan.normalization}",

@@ -242,13 +242,17 @@ def load_resnet_state_dict(
         updates.append((sub, path, arr.astype(old.dtype)))
     problems = []
     if strict and missing:
-        problems.append(f"missing from the state dict ({len(missing)}): {', '.join(missing)}")
+        problems.append(f"missing from the state dict ({len(missing)}): {_names(missing)}")
     if strict and unexpected:
-        names = ", ".join(unexpected)
-        problems.append(f"unexpected in the state dict ({len(unexpected)}): {names}")
+        problems.append(f"unexpected in the state dict ({len(unexpected)}): {_names(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
-    if problems:
+    if missing or unexpected:
+        problems.append(
+            "(a state dict of another depth? names with a prefix such as 'module.'? strip it "
+            "from the keys first)"
+        )
+    if problems and (strict or mismatched):
         raise ValueError("cannot load the ResNet state dict:\n  " + "\n  ".join(problems))
     for sub, path, arr in updates:
         node = sub
@@ -261,6 +265,11 @@ def load_resnet_state_dict(
 def load_pretrained_backbone(variables: Mapping, path: str | os.PathLike, **kwargs) -> dict:
     """:func:`read_state_dict` then :func:`load_resnet_state_dict` (same keyword arguments)."""
     return load_resnet_state_dict(variables, read_state_dict(path), **kwargs)
+
+
+def _names(names: list[str], limit: int = 20) -> str:
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def _copy_tree(tree):

@@ -29,6 +29,7 @@ import numpy as np
 
 from ife_jax.nn import pretrained
 from ife_jax.nn.layers import Dtype, batch_norm, conv
+from ife_jax.nn.pretrained import _copy_tree, _leaves, _subtree
 
 #: Bottleneck blocks per stage of Res2Net-50.
 RES2NET50_BLOCKS = (3, 4, 6, 3)
@@ -170,26 +171,6 @@ def _torch_name(path: Sequence[str], collection: str) -> str:
     return ".".join([*parts, leaf])
 
 
-def _leaves(tree: Mapping, path: tuple[str, ...] = ()):
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            yield from _leaves(v, (*path, k))
-        else:
-            yield (*path, k), v
-
-
-def _copy(tree):
-    return {k: _copy(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
-
-
-def _subtree(tree: Mapping, prefix: Sequence[str], what: str) -> Mapping:
-    for p in prefix:
-        if p not in tree:
-            raise ValueError(f"no {'/'.join(prefix)!r} in the model's {what}; check `prefix`.")
-        tree = tree[p]
-    return tree
-
-
 def res2net_to_state_dict(
     variables: Mapping, *, prefix: Sequence[str] = ("backbone",)
 ) -> dict[str, np.ndarray]:
@@ -234,7 +215,7 @@ def load_res2net_state_dict(
     Raises:
       ValueError: listing every missing name, unexpected name and shape mismatch.
     """
-    new = {c: _copy(v) for c, v in variables.items()}
+    new = {c: _copy_tree(v) for c, v in variables.items()}
     targets = {}
     for collection in ("params", "batch_stats"):
         sub = _subtree(new[collection], prefix, collection)

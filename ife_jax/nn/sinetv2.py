@@ -207,12 +207,14 @@ class SINetV2(nn.Module):
       blocks, planes: backbone size (Res2Net-50: (3, 4, 6, 3), 64); smaller for tests.
 
     Call: ``model.apply(variables, images, train=False)`` with ``images`` (B, H, W, C), H and W
-    preferably multiples of 32. Training: a tuple of four (B, H, W, 1) logit maps
-    ``(S_g, S_5, S_4, S_3)`` (use ``mutable=["batch_stats"]``). Evaluation: ``S_3`` only.
+    preferably multiples of 32 (and at least 65 with IFE, which needs 3 x 3 stride-32 maps).
+    Training: a tuple of four (B, H, W, 1) logit maps ``(S_g, S_5, S_4, S_3)`` (use
+    ``mutable=["batch_stats"]``). Evaluation: ``S_3`` only.
 
     Example:
       >>> model = SINetV2(ife="curvature")
-      >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 352, 352, 3)))
+      >>> x = jnp.zeros((1, 352, 352, 3))
+      >>> variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)  # rbg: fast init
     """
 
     num_classes: int = 1
@@ -233,7 +235,9 @@ class SINetV2(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False):
         if self.num_classes != 1:
-            raise ValueError(f"SINetV2 predicts one map; num_classes must be 1, got {self.num_classes}.")
+            raise ValueError(
+                f"SINetV2 predicts one map; num_classes must be 1, got {self.num_classes}."
+            )
         if self.channels % 8 or self.channels < 8:
             raise ValueError(f"channels must be a positive multiple of 8; got {self.channels}.")
         if images.ndim != 4:
@@ -241,9 +245,13 @@ class SINetV2(nn.Module):
         check_ife(self.ife, tuple(self.ratios), 3, name="SINetV2")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         size = images.shape[1:3]
-        _, x2, x3, x4 = Res2Net(blocks=tuple(self.blocks), planes=self.planes, name="backbone", **kw)(
-            images, train
-        )
+        backbone = Res2Net(blocks=tuple(self.blocks), planes=self.planes, name="backbone", **kw)
+        _, x2, x3, x4 = backbone(images, train)
+        if self.ife is not None and min(x4.shape[1:3]) < 3:
+            raise ValueError(
+                f"SINetV2 with IFE needs the stride-32 features to be at least 3 x 3 (inputs of "
+                f"65 x 65 pixels or more); got {size[0]} x {size[1]} images."
+            )
         t2 = TEM(self.channels, name="rfb2_1", **kw)(x2, train)
         t3 = TEM(self.channels, name="rfb3_1", **kw)(x3, train)
         t4 = TEM(self.channels, name="rfb4_1", **kw)(x4, train)
@@ -253,8 +261,8 @@ class SINetV2(nn.Module):
         def enhance(t, ratio, name):
             if self.ife is None:
                 return t
-            ife = IFE(self.ife, float(ratio), "selected_first", entropy_mode=self.entropy_mode, name=name)
-            return ife(t)
+            order = "selected_first"
+            return IFE(self.ife, float(ratio), order, entropy_mode=self.entropy_mode, name=name)(t)
 
         e2 = enhance(t2, self.ratios[0], "ife2")
         e3 = enhance(t3, self.ratios[1], "ife3")
