@@ -7,12 +7,32 @@ PyTorch backends they compute the same formulas with ``keras.ops`` (tested equal
 
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import ops
 
 from ife_jax import losses as jax_losses
 
 BOUNDARY_WINDOW = jax_losses.BOUNDARY_WINDOW
+
+
+@functools.cache
+def _jax_structure_loss_per_image(weighted_bce: bool):
+    """``structure_loss`` of each image on its own, jitted and vmapped over the batch."""
+    import jax
+
+    def one(z, m):
+        return jax_losses.structure_loss(z[None], m[None], weighted_bce=weighted_bce)
+
+    return jax.jit(jax.vmap(one))
+
+
+@functools.cache
+def _jax_dice_per_image():
+    import jax
+
+    return jax.jit(jax_losses.dice_per_image, static_argnames=("threshold",))
 
 
 def _use_jax(implementation: str) -> bool:
@@ -53,12 +73,7 @@ def structure_loss_per_image(logits, masks, *, weighted_bce: bool = False, imple
     """
     _check_shapes(logits, masks)
     if _use_jax(implementation):
-        import jax
-
-        def one(z, m):
-            return jax_losses.structure_loss(z[None], m[None], weighted_bce=weighted_bce)
-
-        return jax.vmap(one)(logits, masks)
+        return _jax_structure_loss_per_image(bool(weighted_bce))(logits, masks)
     z = ops.cast(logits, "float32")
     m = ops.cast(masks, "float32")
     w = boundary_weights(m)
@@ -82,7 +97,7 @@ def dice_per_image(logits, masks, *, threshold: float = 0.5, implementation="aut
     """
     _check_shapes(logits, masks)
     if _use_jax(implementation):
-        return jax_losses.dice_per_image(logits, masks, threshold=threshold)
+        return _jax_dice_per_image()(logits, masks, threshold=float(threshold))
     pred = ops.sigmoid(ops.cast(logits, "float32")) >= threshold
     gt = ops.cast(masks, "float32") > 0.5
     axes = tuple(range(1, len(logits.shape)))

@@ -14,22 +14,18 @@ def _conv_init():
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="truncated_normal")
 
 
-def _conv_bn_relu(x, features: int, name: str):
+def _conv_bn_relu(x, features: int, name: str, init):
     x = keras.layers.Conv2D(
-        features,
-        3,
-        padding="same",
-        kernel_initializer=_conv_init(),
-        name=f"{name}_conv",
+        features, 3, padding="same", kernel_initializer=init(), name=f"{name}_conv"
     )(x)
     x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _double_conv(x, features: int, name: str):
+def _double_conv(x, features: int, name: str, init):
     """Two ``3x3 conv (bias) -> BatchNorm -> ReLU`` blocks, the classic UNet stage."""
-    x = _conv_bn_relu(x, features, f"{name}_block0")
-    return _conv_bn_relu(x, features, f"{name}_block1")
+    x = _conv_bn_relu(x, features, f"{name}_block0", init)
+    return _conv_bn_relu(x, features, f"{name}_block1", init)
 
 
 def unet(
@@ -41,6 +37,7 @@ def unet(
     num_classes: int = 1,
     bins: int = 256,
     entropy_mode: str = "paper",
+    kernel_initializer=None,
     name: str = "unet",
 ) -> keras.Model:
     """The classic UNet with optional IFE on its skip features, as a Keras functional model.
@@ -68,6 +65,9 @@ def unet(
       widths: the five stage widths.
       num_classes: output channels (1 for dichotomous segmentation).
       bins, entropy_mode: passed to :class:`ife_jax.keras.IFELayer`.
+      kernel_initializer: initializer of every convolution kernel (anything
+        ``keras.initializers.get`` accepts); ``None`` gives He-normal over the output fan, as
+        the Flax networks. Biases start at zero.
       name: the model name.
 
     Returns:
@@ -100,13 +100,21 @@ def unet(
                 f"{tuple(input_shape[:2])} (pad or resize to a multiple of {stride})."
             )
 
+    if kernel_initializer is None:
+        init = _conv_init
+    else:
+        config = keras.initializers.serialize(keras.initializers.get(kernel_initializer))
+
+        def init():
+            return keras.initializers.deserialize(config)
+
     inputs = keras.Input(tuple(input_shape), name="images")
     skips = []
     x = inputs
     for level, width in enumerate(widths):
         if level:
             x = keras.layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
-        x = _double_conv(x, width, f"enc{level + 1}")
+        x = _double_conv(x, width, f"enc{level + 1}", init)
         skips.append(x)
 
     if ife is not None:
@@ -123,8 +131,10 @@ def unet(
     x = skips[-1]
     for level in range(len(widths) - 2, -1, -1):
         width = widths[level]
-        x = keras.layers.Conv2DTranspose(width, 2, strides=2, name=f"up{level + 1}_transpose")(x)
+        x = keras.layers.Conv2DTranspose(
+            width, 2, strides=2, kernel_initializer=init(), name=f"up{level + 1}_transpose"
+        )(x)
         x = keras.layers.Concatenate(axis=-1, name=f"up{level + 1}_concat")([skips[level], x])
-        x = _double_conv(x, width, f"dec{level + 1}")
-    outputs = keras.layers.Conv2D(num_classes, 1, name="head")(x)
+        x = _double_conv(x, width, f"dec{level + 1}", init)
+    outputs = keras.layers.Conv2D(num_classes, 1, kernel_initializer=init(), name="head")(x)
     return keras.Model(inputs, outputs, name=name)

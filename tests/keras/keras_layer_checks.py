@@ -34,7 +34,9 @@ def check_keras_layer(make_layer, input_shape, tmp_path, *, batch: int = 2, seed
     inputs = keras.Input(input_shape)
     outputs = make_layer()(inputs)
     assert tuple(outputs.shape) == layer.compute_output_shape((None, *input_shape))
-    model = keras.Model(inputs, keras.layers.Dense(1, name="probe")(outputs))
+    model = keras.Model(
+        inputs, keras.layers.Dense(1, kernel_initializer="zeros", name="probe")(outputs)
+    )
     features = keras.Model(inputs, outputs)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(features(x)), eager, rtol=1e-6)
 
