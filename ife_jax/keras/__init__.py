@@ -6,11 +6,12 @@ the layer also runs on the TensorFlow and PyTorch backends through ``keras.ops``
 
 from ife_jax.keras.layers import IFELayer
 from ife_jax.keras.losses import Dice, StructureLoss
-from ife_jax.keras.models import unet
+from ife_jax.keras.models import load_flax_unet_weights, unet
 
 __all__ = [
     "Dice",
     "IFELayer",
     "StructureLoss",
+    "load_flax_unet_weights",
     "unet",
 ]

@@ -51,6 +51,10 @@ def unet(
     concatenation, raw channels first, so the decoder stages that consume them take
     ``w2 * (2 + r0)`` and ``w3 * (2 + r1)`` input channels (the reference's insertion points).
 
+    Layers are named after the Flax :class:`ife_jax.nn.UNet`'s modules (``down1_block0_conv``,
+    ``down1_block0_bn``, ..., ``up1``, ``dec1_block0_conv``, ..., ``head``; ``ife_c2``,
+    ``ife_c3``), so :func:`load_flax_unet_weights` can copy a trained Flax UNet into it.
+
     With the default widths, 3 input channels and ``ife=None`` the model has 31,043,521
     trainable parameters (plus 11,776 BatchNorm moving statistics).
 
@@ -114,7 +118,7 @@ def unet(
     for level, width in enumerate(widths):
         if level:
             x = keras.layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
-        x = _double_conv(x, width, f"enc{level + 1}", init)
+        x = _double_conv(x, width, f"down{level + 1}", init)
         skips.append(x)
 
     if ife is not None:
@@ -129,12 +133,103 @@ def unet(
             )(skips[level])
 
     x = skips[-1]
-    for level in range(len(widths) - 2, -1, -1):
+    for step, level in enumerate(range(len(widths) - 2, -1, -1), start=1):
         width = widths[level]
         x = keras.layers.Conv2DTranspose(
-            width, 2, strides=2, kernel_initializer=init(), name=f"up{level + 1}_transpose"
+            width, 2, strides=2, kernel_initializer=init(), name=f"up{step}"
         )(x)
-        x = keras.layers.Concatenate(axis=-1, name=f"up{level + 1}_concat")([skips[level], x])
-        x = _double_conv(x, width, f"dec{level + 1}", init)
+        x = keras.layers.Concatenate(axis=-1, name=f"up{step}_concat")([skips[level], x])
+        x = _double_conv(x, width, f"dec{step}", init)
     outputs = keras.layers.Conv2D(num_classes, 1, kernel_initializer=init(), name="head")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _flax_leaf(tree, path: tuple[str, ...], used: set, collection: str):
+    node = tree
+    for key in path:
+        if not hasattr(node, "keys") or key not in node:
+            raise ValueError(
+                f"The Flax variables have no {collection}/{'/'.join(path)} for the Keras layer "
+                f"{'_'.join(path)!r}; do the two UNets have the same widths and IFE settings?"
+            )
+        node = node[key]
+    used.add((collection, *path))
+    return node
+
+
+def _flax_paths(tree, prefix=()):
+    for key, value in tree.items():
+        if hasattr(value, "keys"):
+            yield from _flax_paths(value, (*prefix, key))
+        else:
+            yield (*prefix, key)
+
+
+def load_flax_unet_weights(model: keras.Model, variables) -> keras.Model:
+    """Copies the variables of a Flax :class:`ife_jax.nn.UNet` into a Keras :func:`unet`, in place.
+
+    Both networks must be built with the same ``widths``, ``num_classes``, input channels and
+    IFE ratios; the Keras model then computes the same logits as
+    ``flax_model.apply(variables, x, train=False)`` (to float32 rounding). Convolution and
+    BatchNorm variables map one to one (Flax ``scale``/``bias``/``mean``/``var`` to Keras
+    ``gamma``/``beta``/``moving_mean``/``moving_variance``); the transposed convolutions'
+    kernels are flipped in space and their in/out axes swapped, because Keras' transposed
+    convolution is the gradient of a convolution while Flax's (``transpose_kernel=False``) is a
+    convolution of the dilated input.
+
+    Args:
+      model: a Keras UNet from :func:`unet`.
+      variables: the Flax variables, ``{"params": ..., "batch_stats": ...}``.
+
+    Returns:
+      ``model``, with its weights replaced.
+
+    Raises:
+      ValueError: a Keras layer has no Flax counterpart, a shape differs, or Flax variables are
+        left over (the message names them).
+    """
+    import numpy as np
+
+    params = variables["params"]
+    stats = variables.get("batch_stats", {})
+    used: set = set()
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        path = tuple(layer.name.split("_"))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            p = _flax_leaf(params, path, used, "params")
+            b = _flax_leaf(stats, path, used, "batch_stats")
+            for key in ("scale", "bias"):
+                used.add(("params", *path, key))
+            for key in ("mean", "var"):
+                used.add(("batch_stats", *path, key))
+            new = [p["scale"], p["bias"], b["mean"], b["var"]]
+        elif isinstance(layer, keras.layers.Conv2DTranspose):
+            p = _flax_leaf(params, path, used, "params")
+            kernel = np.asarray(p["kernel"])[::-1, ::-1].transpose(0, 1, 3, 2)
+            new = [kernel, p["bias"]]
+            used.update({("params", *path, "kernel"), ("params", *path, "bias")})
+        elif isinstance(layer, keras.layers.Conv2D):
+            p = _flax_leaf(params, path, used, "params")
+            new = [p["kernel"], p["bias"]]
+            used.update({("params", *path, "kernel"), ("params", *path, "bias")})
+        else:
+            raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has no Flax mapping.")
+        new = [np.asarray(v, dtype=np.float32) for v in new]
+        for weight, value in zip(layer.weights, new, strict=True):
+            if tuple(weight.shape) != value.shape:
+                raise ValueError(
+                    f"Shape mismatch for {layer.name}/{weight.name}: Keras {tuple(weight.shape)}, "
+                    f"Flax {value.shape}."
+                )
+        layer.set_weights(new)
+    leftover = [
+        "/".join(p)
+        for collection, tree in (("params", params), ("batch_stats", stats))
+        for p in _flax_paths(tree, (collection,))
+        if p not in used
+    ]
+    if leftover:
+        raise ValueError(f"Flax variables not used by the Keras model: {', '.join(leftover)}.")
+    return model

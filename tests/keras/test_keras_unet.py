@@ -47,8 +47,9 @@ def test_reference_parameter_count_and_ife_channel_arithmetic():
     # + 64 channels) and c3 (256 ch, + 128 channels); nothing else changes.
     extra = 9 * 64 * 128 + 9 * 128 * 256
     assert trainable_count(enhanced) == 31_043_521 + extra
-    assert enhanced.get_layer("dec2_block0_conv").kernel.shape == (3, 3, 128 * 2 + 64, 128)
-    assert enhanced.get_layer("dec3_block0_conv").kernel.shape == (3, 3, 256 * 2 + 128, 256)
+    # Decoder stage 2 consumes c3 (256 ch at 1/4), stage 3 consumes c2 (128 ch at 1/2).
+    assert enhanced.get_layer("dec2_block0_conv").kernel.shape == (3, 3, 256 * 2 + 128, 256)
+    assert enhanced.get_layer("dec3_block0_conv").kernel.shape == (3, 3, 128 * 2 + 64, 128)
     assert {type(l).__name__ for l in plain.layers}.isdisjoint({"IFELayer"})
 
 
