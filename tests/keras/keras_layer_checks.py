@@ -28,12 +28,14 @@ def check_keras_layer(make_layer, input_shape, tmp_path, *, batch: int = 2, seed
     revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(revived) is type(layer) and revived.get_config() == config
 
-    # Eager call and symbolic (functional) call agree on shape and values.
+    # Eager call and symbolic (functional) call of the same layer agree on shape and values;
+    # a fresh layer gives the same symbolic shape.
     eager = keras.ops.convert_to_numpy(layer(x))
     assert eager.shape == (batch, *layer.compute_output_shape((batch, *input_shape))[1:])
     inputs = keras.Input(input_shape)
-    outputs = make_layer()(inputs)
+    outputs = layer(inputs)
     assert tuple(outputs.shape) == layer.compute_output_shape((None, *input_shape))
+    assert tuple(make_layer()(inputs).shape) == tuple(outputs.shape)
     model = keras.Model(
         inputs, keras.layers.Dense(1, kernel_initializer="zeros", name="probe")(outputs)
     )

@@ -218,3 +218,17 @@ def test_gradients_flow_through_selected_channels():
     want = np.ones_like(x)
     want[..., idx[0]] += 1.0  # raw copy + selected copy
     np.testing.assert_array_equal(grad, want)
+
+
+@pytest.mark.slow
+def test_shared_layer_checks_on_the_flax_module_layer(tmp_path):
+    """The same checks for the other public layer, the Flax wrapper (JAX backend only)."""
+    if not ON_JAX:
+        pytest.skip("FlaxModule runs on the JAX backend")
+    export = pytest.importorskip("ife_jax.keras.export", reason="the Flax export is not available")
+    from ife_jax.nn import UNet
+
+    def make():
+        return export.FlaxModule(UNet(widths=(2, 2, 2, 2, 2)))
+
+    check_keras_layer(make, (16, 16, 3), tmp_path)
