@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from ife_jax.keras import ops as keras_ife
+from ife_jax.ops import enhance
 from ife_jax.ops._checks import (
     CRITERIA,
     ENTROPY_MODES,
@@ -44,7 +45,8 @@ class IFELayer(keras.layers.Layer):
         :func:`ife_jax.entropy_scores`).
       memory_budget_bytes: bound on the paper-mode histogram memory (JAX backend only).
       implementation: ``"auto"`` (JAX functions on the JAX backend, ``keras.ops`` elsewhere),
-        ``"jax"`` or ``"ops"`` (force the ``keras.ops`` path, e.g. to compare the two).
+        ``"jax"`` or ``"ops"`` (force the ``keras.ops`` path, e.g. to compare the two). It is
+        saved in the config: keep ``"auto"`` for models that should reload on any backend.
       **kwargs: standard layer arguments (``name``, ``dtype``, ...).
 
     Raises:
@@ -125,8 +127,6 @@ class IFELayer(keras.layers.Layer):
                 bins=self.bins,
                 entropy_mode=self.entropy_mode,
             )
-        from ife_jax.ops import enhance  # the JAX functions: only on the JAX backend
-
         return enhance(
             inputs,
             criterion=self.criterion,
