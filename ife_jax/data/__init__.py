@@ -4,6 +4,7 @@
 ``transforms`` holds the per-example NumPy/OpenCV steps and the inverse evaluation mapping.
 """
 
+from ife_jax.data.arrays import to_arrays
 from ife_jax.data.loader import invert_eval_batch, make_eval_loader, make_train_loader
 from ife_jax.data.transforms import (
     EVAL_SIZE,
@@ -37,5 +38,6 @@ __all__ = [
     "make_train_loader",
     "normalize",
     "pad_to_square",
+    "to_arrays",
     "train_augment",
 ]
