@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import jax
@@ -21,7 +22,12 @@ import numpy as np
 from ife_jax.train.config import TrainConfig
 from ife_jax.train.models import build_model
 from ife_jax.train.sharding import make_mesh, shard_batch
-from ife_jax.train.state import abstract_train_state, make_optimizer, state_shardings
+from ife_jax.train.state import (
+    abstract_train_state,
+    initialize,
+    make_optimizer,
+    state_shardings,
+)
 from ife_jax.train.step import jit_train_step, make_train_step
 
 VARIANTS = {
@@ -66,7 +72,7 @@ def bench(name, args, mesh):
     tx = make_optimizer(config, 100)
     abstract, init = abstract_train_state(model, tx, (1, args.size, args.size, 3))
     shardings = state_shardings(abstract, mesh)
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    state = initialize(init, jax.random.key(0), shardings)
     step = jit_train_step(make_train_step(model, tx, base_key=jax.random.key(1)), shardings, mesh)
     batches = _batches(args, args.size)
     batch = shard_batch(next(batches), mesh)
@@ -143,6 +149,11 @@ def main(argv=None):
         if args.peak_tflops:
             line += f"{100 * r['tflops'] / args.peak_tflops:>7.1f}%"
         print(line)
+    heavy = sorted(
+        {m.split(".")[0] for m in sys.modules}
+        & {"keras", "tensorflow", "tensorflow_datasets", "grain"}
+    )
+    print(f"heavy modules loaded: {', '.join(heavy) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ _OVERRIDES = {
     "data_dir": "data_dir",
     "batch_size": "batch_size",
     "epochs": "epochs",
+    "optimizer": "optimizer",
     "learning_rate": "learning_rate",
     "train_sizes": "train_sizes",
     "eval_size": "eval_size",
@@ -101,7 +102,8 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from ife_jax.train.evaluate import CONVENTIONS, evaluate, format_header, format_row
+    from ife_jax.metrics.report import format_table
+    from ife_jax.train.evaluate import CONVENTIONS, evaluate
 
     result = evaluate(
         args.workdir,
@@ -112,8 +114,7 @@ def _evaluate(args) -> int:
     )
     for convention in CONVENTIONS:
         print(f"{convention} convention, {result['n']} images, checkpoint step {result['step']}")
-        print(format_header())
-        print(format_row("model", result[convention]))
+        print(format_table(result["records"][convention]) + "\n")
     print(f"report written to {result['output']}")
     return 0
 
@@ -133,14 +134,21 @@ def _predict(args) -> int:
 
 
 def _plan(args) -> int:
-    try:
-        from ife_jax.nn import nnunet_plan as planner
-    except ImportError:
-        raise UsageError(
-            "ife-jax plan: the nnUNet planner is not part of this installation"
-        ) from None
-    plan = planner.plan_dataset(args.dataset, data_dir=args.data_dir, split=args.split)
-    print(plan.to_json() if hasattr(plan, "to_json") else plan)
+    from ife_jax.nn.nnunet_plan import format_plan
+    from ife_jax.train.plan import make_plan
+
+    kwargs = {"memory_gb": args.memory_gb} if args.memory_gb else {}
+    plan = make_plan(
+        args.dataset,
+        split=args.split,
+        data_dir=args.data_dir,
+        limit=args.max_examples,
+        **kwargs,
+    )
+    print(format_plan(plan))
+    if args.output:
+        plan.save(args.output)
+        print(f"plan written to {args.output}")
     return 0
 
 
@@ -191,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="TFDS data directory")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--epochs", type=int)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), help="default adam")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--train-sizes", type=_ints, help="e.g. 224,256,288,320,352,384")
     p.add_argument("--eval-size", type=int)
@@ -232,11 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plan",
         help="print the nnUNet plan for a dataset",
-        description="Fingerprint a dataset and print the nnUNet-2D plan (JSON).",
+        description="Fingerprint a dataset (a TFDS name or a folder of X.png/X_mask.png "
+        "pairs) and print its 2-D nnU-Net plan; `train --model nnunet` makes the same plan "
+        "from its training split and keeps it as WORKDIR/plan.json.",
     )
-    p.add_argument("dataset")
+    p.add_argument("dataset", help="e.g. synthetic/small, cosmos55k or a folder of pairs")
     p.add_argument("--data-dir")
     p.add_argument("--split", default="train")
+    p.add_argument("--max-examples", type=int, help="fingerprint only the first N examples")
+    p.add_argument("--memory-gb", type=float, help="accelerator memory budget (default 8)")
+    p.add_argument("--output", help="also write the plan as JSON to this file")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser(

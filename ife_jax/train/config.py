@@ -15,6 +15,7 @@ from typing import Any
 MODELS = ("unet", "deeplabv3plus", "sinetv2", "nnunet")
 IFE_CRITERIA = (None, "curvature", "entropy")
 PRECISIONS = ("float32", "bfloat16")
+OPTIMIZERS = ("adam", "sgd")
 #: The reference's six training sizes: each batch is resized to one of them.
 REFERENCE_TRAIN_SIZES = (224, 256, 288, 320, 352, 384)
 
@@ -35,7 +36,8 @@ class TrainConfig:
       max_train_examples, max_eval_examples: use only the first n examples (``None``: all).
       batch_size: global batch size (over all devices and processes).
       epochs: number of passes over the training split.
-      learning_rate: Adam's initial learning rate.
+      optimizer: ``"adam"`` (the reference recipe) or ``"sgd"`` (SGD with momentum 0.9).
+      learning_rate: the optimiser's initial learning rate.
       decay_factor: the learning rate is multiplied by this at each decay boundary.
       decay_every_epochs: epochs between decays; ``None`` decays once, at half the epochs.
       grad_clip_norm: global gradient-norm clip (``None``: no clipping).
@@ -61,6 +63,7 @@ class TrainConfig:
     max_eval_examples: int | None = None
     batch_size: int = 16
     epochs: int = 100
+    optimizer: str = "adam"
     learning_rate: float = 1e-4
     decay_factor: float = 0.1
     decay_every_epochs: int | None = None
@@ -95,6 +98,8 @@ class TrainConfig:
             bad("ife", "must be None, 'curvature' or 'entropy'")
         if self.ratios is not None and not all(0.0 < r <= 1.0 for r in self.ratios):
             bad("ratios", "every ratio must lie in (0, 1]")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
             bad("precision", f"must be one of {', '.join(PRECISIONS)}")
         for name in ("batch_size", "epochs", "eval_size", "eval_every_epochs", "keep_checkpoints"):
@@ -183,8 +188,8 @@ PRESETS: dict[str, TrainConfig] = {
         max_eval_examples=32,
         batch_size=8,
         epochs=6,
-        train_sizes=(64, 96),
-        eval_size=96,
+        train_sizes=(64,),
+        eval_size=64,
         learning_rate=1e-3,
     ),
 }

@@ -3,7 +3,6 @@ conventions, the report and figures, all written to the workdir."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -15,13 +14,12 @@ from ife_jax.train.checkpointing import Checkpointer
 from ife_jax.train.config import TrainConfig
 from ife_jax.train.inference import predict_images
 from ife_jax.train.models import build_model
+from ife_jax.train.plan import plan_for_run
 from ife_jax.train.state import abstract_train_state, make_optimizer, state_shardings
 from ife_jax.train.step import make_eval_step
 
 METRICS = ("con", "dsc", "jc", "f1", "hce", "mae", "hd", "asd", "rvd")
 CONVENTIONS = ("standard", "paper")
-#: Shown x100 in the tables, as the paper does.
-PERCENT = ("con", "dsc", "jc", "f1")
 
 
 def load_config(workdir: str | Path) -> TrainConfig:
@@ -42,7 +40,7 @@ def load_model(workdir: str | Path, *, checkpoint: str = "best"):
         raise ValueError(f"checkpoint={checkpoint!r}: must be 'best' or 'latest'")
     config = load_config(workdir)
     mesh = sharding_lib.make_mesh()
-    model = build_model(config)
+    model = build_model(config, plan=plan_for_run(config, workdir))
     tx = make_optimizer(config, 1)
     abstract, _ = abstract_train_state(model, tx, (1, config.eval_size, config.eval_size, 3))
     shardings = state_shardings(abstract, mesh)
@@ -62,25 +60,38 @@ def load_model(workdir: str | Path, *, checkpoint: str = "best"):
     return config, model, state.variables, mesh, int(state.step)
 
 
-def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation of each metric over ``rows``."""
-    out = {}
-    for key in METRICS:
-        values = np.array([r[key] for r in rows], np.float64)
-        out[key] = {"mean": float(values.mean()), "std": float(values.std())}
-    return out
+#: Display names of the networks (the report's ``model`` column).
+MODEL_NAMES = {
+    "unet": "UNet",
+    "deeplabv3plus": "DeepLabV3+",
+    "sinetv2": "SINetV2",
+    "nnunet": "nnUNet",
+}
 
 
-def format_row(name: str, summary: dict) -> str:
-    cells = []
-    for key in METRICS:
-        scale = 100.0 if key in PERCENT else 1.0
-        cells.append(f"{summary[key]['mean'] * scale:8.2f}")
-    return f"{name:<14}" + "".join(cells)
+def run_name(config: TrainConfig) -> str:
+    """``"UNet"``, ``"UNet+C"``, ``"UNet+E"``, ... as the paper's tables name the runs."""
+    suffix = {"curvature": "+C", "entropy": "+E"}.get(config.ife, "")
+    return MODEL_NAMES[config.model] + suffix
 
 
-def format_header() -> str:
-    return f"{'model':<14}" + "".join(f"{k.upper():>8}" for k in METRICS)
+def records_for(examples, probs, *, model: str, convention: str) -> list[dict]:
+    """One report record per example (see :mod:`ife_jax.metrics.report`)."""
+    from ife_jax.metrics import report
+
+    groups = {ex.image_id: (ex.modality or "unknown", ex.anatomy or "unknown") for ex in examples}
+    triples = [(ex.image_id, p, ex.mask) for ex, p in zip(examples, probs, strict=True)]
+    return report.evaluate_masks(
+        triples, model=model, convention=convention, group=groups.__getitem__, progress=False
+    )
+
+
+def summary(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean and sample std of each metric over ``records`` (one model)."""
+    from ife_jax.metrics import report
+
+    (row,) = report.summarize(records)
+    return {k: {"mean": float(row[k][0]), "std": float(row[k][1])} for k in METRICS}
 
 
 def evaluate(
@@ -91,12 +102,14 @@ def evaluate(
     max_examples: int | None = None,
     output: str | Path | None = None,
     examples=None,
+    name: str | None = None,
 ) -> dict:
-    """Evaluates a run on ``split`` and writes the report to ``output`` (default
-    ``<workdir>/eval_<split>``).
+    """Evaluates a run on ``split`` and writes its report to ``output`` (default
+    ``<workdir>/eval_<split>``), one folder per convention (``standard/``, ``paper/``).
 
-    Writes ``per_image_<convention>.csv``, ``summary.json``, ``table.txt`` and, where the
-    metrics report module provides them, its tables and figures.
+    Each folder holds what :func:`ife_jax.metrics.report.write_report` writes: ``per_image.csv``,
+    ``summary.txt`` (overall, by modality, by anatomy, empty-mask counts), ``summary.csv``,
+    ``dsc_by_group.png`` and ``overlays.png``; ``summary.json`` sums up both conventions.
 
     Args:
       workdir: the training run.
@@ -105,13 +118,13 @@ def evaluate(
       max_examples: evaluate only the first n examples.
       output: the report folder.
       examples: evaluate these ``Example`` s instead of the dataset split.
+      name: the model's name in the report (default :func:`run_name`).
 
     Returns:
-      ``{"standard": summary, "paper": summary, "n": images, "step": checkpoint step,
-      "output": folder}`` where a summary maps each metric to its mean and std.
+      ``{"standard": summary, "paper": summary, "records": {convention: records},
+      "probs": maps, "examples": examples, "name", "n", "step", "output"}`` where a summary maps
+      each metric to its mean and std.
     """
-    from ife_jax import metrics as metrics_lib
-
     config, model, variables, mesh, step = load_model(workdir, checkpoint=checkpoint)
     if examples is None:
         from ife_jax.train.datasets import load_examples
@@ -130,65 +143,63 @@ def evaluate(
         batch_size=config.batch_size,
         mesh=mesh,
     )
+    name = name or run_name(config)
     output = Path(output) if output is not None else Path(workdir) / f"eval_{split}"
-    result = {"n": len(examples), "step": step, "output": str(output)}
-    rows_by_convention = {}
+    result = {"name": name, "n": len(examples), "step": step, "output": str(output)}
+    result["records"] = {
+        c: records_for(examples, probs, model=name, convention=c) for c in CONVENTIONS
+    }
     for convention in CONVENTIONS:
-        rows = []
-        for ex, prob in zip(examples, probs, strict=True):
-            values = metrics_lib.compute_all(prob, ex.mask, convention=convention)
-            rows.append(
-                {
-                    "image_id": ex.image_id,
-                    "modality": ex.modality,
-                    "anatomy": ex.anatomy,
-                    **{k: float(values[k]) for k in METRICS},
-                }
-            )
-        rows_by_convention[convention] = rows
-        result[convention] = summarize(rows)
+        result[convention] = summary(result["records"][convention])
     if jax.process_index() == 0:
-        _write(output, config, result, rows_by_convention, examples, probs)
+        write_reports(output, result["records"], examples, {name: probs})
+        brief = {k: result[k] for k in ("name", "n", "step", *CONVENTIONS)}
+        (output / "summary.json").write_text(json.dumps(brief, indent=2) + "\n")
+    result.update(probs=probs, examples=examples)
     return result
 
 
-def _write(output: Path, config, result, rows_by_convention, examples, probs) -> None:
-    output.mkdir(parents=True, exist_ok=True)
-    for convention, rows in rows_by_convention.items():
-        with (output / f"per_image_{convention}.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    (output / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    name = f"{config.model}" + ({"curvature": "+C", "entropy": "+E"}.get(config.ife, ""))
-    lines = []
+def write_reports(
+    output: Path, records: dict[str, list[dict]], examples, probs: dict, *, overlays: int = 6
+) -> dict[str, str]:
+    """The report of each convention in ``output/<convention>/``; with several models, each
+    one after the first is compared with the first (paired t-test on DSC) in ``summary.txt``.
+
+    Args:
+      output: the report folder.
+      records: convention -> records of every model.
+      examples: the evaluated examples (for the overlays).
+      probs: model name -> probability maps in ``examples``' order (first: the baseline).
+      overlays: how many examples the overlay figure shows.
+
+    Returns:
+      ``{convention: the text of its summary.txt}``.
+    """
+    from ife_jax.metrics import report
+
+    names = list(probs)
+    shown = examples[:overlays]
+    texts = {}
     for convention in CONVENTIONS:
-        lines += [
-            f"{convention} convention ({result['n']} images)",
-            format_header(),
-            format_row(name, result[convention]),
-            "",
-        ]
-    (output / "table.txt").write_text("\n".join(lines))
-    save_overlays(output / "overlays.png", examples[:8], probs[:8])
-
-
-def save_overlays(path: Path, examples, probs) -> None:
-    """A grid of images with the prediction in red and the ground truth in green."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(examples)
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
-    for ax, ex, prob in zip(axes[0], examples, probs, strict=True):
-        ax.imshow(overlay(ex.image, prob >= 0.5, ex.mask > 0))
-        ax.set_title(ex.image_id[:18], fontsize=7)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        folder = output / convention
+        paths = report.write_report(
+            records[convention],
+            str(folder),
+            model_names=names,
+            overlays={
+                "images": [ex.image for ex in shown],
+                "gts": [ex.mask for ex in shown],
+                "preds": {n: probs[n][: len(shown)] for n in names},
+                "titles": [ex.image_id for ex in shown],
+            },
+        )
+        summary_path = Path(paths["summary_txt"])
+        text = summary_path.read_text()
+        for other in names[2:]:  # write_report compares the first two
+            text += "\n" + report.format_comparison(records[convention], names[0], other) + "\n"
+        summary_path.write_text(text)
+        texts[convention] = text
+    return texts
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None) -> np.ndarray:

@@ -22,8 +22,10 @@ from ife_jax.train.checkpointing import Checkpointer
 from ife_jax.train.config import TrainConfig
 from ife_jax.train.inference import dice, predict_images
 from ife_jax.train.models import build_model
+from ife_jax.train.plan import plan_for_run
 from ife_jax.train.state import (
     abstract_train_state,
+    initialize,
     learning_rate_schedule,
     make_optimizer,
     state_shardings,
@@ -165,7 +167,7 @@ def train_and_evaluate(
     spe = train_input.steps_per_epoch
     total_steps = config.epochs * spe
 
-    model = build_model(config)
+    model = build_model(config, plan=plan_for_run(config, workdir))
     tx = make_optimizer(config, spe)
     schedule = learning_rate_schedule(config, spe)
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
@@ -179,7 +181,7 @@ def train_and_evaluate(
     log = MetricsLog(workdir / "metrics.jsonl")
     restored = checkpointer.restore(abstract)
     if restored is None:
-        state = jax.jit(init, out_shardings=shardings)(init_key)
+        state = initialize(init, init_key, shardings)
         meta = {"best_val_dice": -1.0, "best_step": -1}
         log.truncate_after(0)
         _log(f"training {config.model} (ife={config.ife}) from scratch in {workdir}")

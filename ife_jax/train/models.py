@@ -14,7 +14,8 @@ def build_model(config: TrainConfig, *, plan=None):
 
     Args:
       config: the training configuration (``model``, ``ife``, ``ratios``, ``model_kwargs``).
-      plan: the nnUNet plan (required for ``model="nnunet"``).
+      plan: the nnUNet plan (required for ``model="nnunet"``; it fixes the stages, widths,
+        IFE levels and ratios, and has one output map for dichotomous segmentation).
     """
     kwargs = dict(config.model_kwargs)
     kwargs.update(num_classes=1, ife=config.ife, dtype=_DTYPES[config.precision])
@@ -37,5 +38,8 @@ def build_model(config: TrainConfig, *, plan=None):
 
         if plan is None:
             raise ValueError("model='nnunet' needs a plan (see `ife-jax plan`)")
+        if config.ratios is not None:
+            raise ValueError("ratios: nnUNet takes its IFE ratios from the plan (ife_ratios)")
+        kwargs.pop("num_classes")
         return NNUNet(plan=plan, **kwargs)
     raise ValueError(f"model={config.model!r} is not a known network")

@@ -1,5 +1,6 @@
 """The ``ife-jax`` command line: bad arguments, and train -> evaluate -> predict end to end."""
 
+import json
 import subprocess
 import sys
 
@@ -51,50 +52,53 @@ def test_every_command_has_help(command, capsys):
     assert "usage: ife-jax " + command in capsys.readouterr().out
 
 
-def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
+def test_train_evaluate_predict_end_to_end(tmp_path, capsys, train_env):
     data, run = str(tmp_path / "tfds"), str(tmp_path / "run")
     assert main(["build-dataset", "synthetic/tiny", "--data-dir", data]) == 0
-    assert (
-        main(
-            [
-                "train",
-                "--preset",
-                "tiny",
-                "--data-dir",
-                data,
-                "--workdir",
-                run,
-                "--train-sizes",
-                "32",
-                "--epochs",
-                "2",
-                "--no-progress",
-            ]
-        )
-        == 0
+    plan_file = tmp_path / "plan.json"
+    assert main(["plan", "synthetic/tiny", "--data-dir", data, "--output", str(plan_file)]) == 0
+    assert "nnU-Net 2-D plan" in capsys.readouterr().out
+    from ife_jax.nn.nnunet_plan import NNUNetPlan
+
+    plan = NNUNetPlan.load(plan_file)
+    assert plan.in_channels == 3 and plan.num_images == 16  # the 16 RGB training images
+    # Training runs in a fresh process with the shared compilation cache (the network and
+    # optimiser of tinyrun.py, so the compiled step is shared with the training tests).
+    train = [
+        *("train --preset tiny --train-sizes 32 --ife curvature --optimizer sgd").split(),
+        *("--max-train-examples 16 --epochs 2 --no-progress").split(),
+        *("--data-dir", data, "--workdir", run),
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "ife_jax.cli", *train],
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "done: 8 steps" in out.stdout
     assert (tmp_path / "run" / "best").is_dir() and (tmp_path / "run" / "curves.png").exists()
+
     image = np.asarray(Image.open(tmp_path / "run" / "curves.png").convert("RGB"))[:50, :70]
     Image.fromarray(image).save(tmp_path / "photo.jpg")
-    assert (
-        main(
-            [
-                "predict",
-                "--workdir",
-                run,
-                "--output",
-                str(tmp_path / "pred"),
-                str(tmp_path / "photo.jpg"),
-            ]
-        )
-        == 0
-    )
+    pred = str(tmp_path / "pred")
+    assert main(["predict", "--workdir", run, "--output", pred, str(tmp_path / "photo.jpg")]) == 0
     mask = np.asarray(Image.open(tmp_path / "pred" / "photo_mask.png"))
     assert mask.shape == (50, 70) and set(np.unique(mask)) <= {0, 255}
     assert (tmp_path / "pred" / "photo_overlay.png").exists()
-    pytest.importorskip("ife_jax.metrics")
+
     assert main(["evaluate", "--workdir", run, "--split", "test"]) == 0
     out = capsys.readouterr().out
-    assert "paper convention" in out and "standard convention" in out
+    assert "paper convention, 8 images" in out and "standard convention, 8 images" in out
+    assert "UNet+C" in out
     report = tmp_path / "run" / "eval_test"
-    assert (report / "per_image_standard.csv").exists() and (report / "summary.json").exists()
+    for convention in ("standard", "paper"):
+        folder = report / convention
+        rows = (folder / "per_image.csv").read_text().splitlines()
+        assert len(rows) == 1 + 8 and "UNet+C" in rows[1]
+        text = (folder / "summary.txt").read_text()
+        assert "By modality" in text and "By anatomy" in text and "Empty-mask cases" in text
+        assert (folder / "dsc_by_group.png").exists() and (folder / "overlays.png").exists()
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["n"] == 8 and 0.0 <= summary["standard"]["dsc"]["mean"] <= 1.0
