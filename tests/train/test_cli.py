@@ -19,6 +19,8 @@ from ife_jax.cli import main
         (["train", "--workdir", "w", "--ratios", "0.5,x"], "--ratios"),
         (["train", "--workdir", "w", "--ratios", "0.5,1.5"], "ratios"),
         (["train", "--workdir", "w", "--ife", "sharpness"], "--ife"),
+        (["train", "--workdir", "w", "--optimizer", "lion"], "--optimizer"),
+        (["plan", "synthetic/tiny", "--max-examples", "x"], "--max-examples"),
         (["train", "--workdir", "w", "--batch-size", "0"], "batch_size"),
         (["evaluate", "--workdir", "does/not/exist"], "no training run"),
         (["fly"], "invalid choice"),
