@@ -121,3 +121,57 @@ def plot_selection_heatmap(frequencies: Mapping[str, np.ndarray], *, title: str 
     fig.colorbar(im, ax=ax, label="fraction of images selecting it")
     fig.tight_layout()
     return fig
+
+
+def selections_by_checkpoint(workdir, images, *, batch_size: int = 16) -> dict[int, dict]:
+    """The channels every IFE block selects for ``images`` at each saved step of a run.
+
+    Keep every epoch's checkpoint (``keep_checkpoints >= epochs`` in the training config) to
+    follow the selection over the whole training.
+
+    Args:
+      workdir: a training run of ``ife_jax.train``.
+      images: (N, S, S, 3) float32 normalised images (e.g. ``ife_jax.data.to_arrays``).
+      batch_size: images per forward pass.
+
+    Returns:
+      ``{step: {"path/to/ife_block": (N, k) indices}}`` in step order.
+
+    Raises:
+      FileNotFoundError: no checkpoint in ``workdir``.
+    """
+    import jax
+
+    from ife_jax.train.checkpointing import Checkpointer
+    from ife_jax.train.evaluate import load_config
+    from ife_jax.train.models import build_model
+    from ife_jax.train.plan import plan_for_run
+
+    config = load_config(workdir)
+    model = build_model(config, plan=plan_for_run(config, workdir))
+
+    @jax.jit
+    def forward(variables, x):
+        _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+        return state["intermediates"]
+
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    try:
+        steps = sorted(checkpointer.recent.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {workdir}")
+        out = {}
+        for step in steps:
+            state, _, _ = checkpointer.read(step)
+            variables = {"params": state["params"]}
+            if state.get("batch_stats"):
+                variables["batch_stats"] = state["batch_stats"]
+            parts: dict[str, list] = {}
+            for i in range(0, len(images), batch_size):
+                found = collect_indices(forward(variables, np.asarray(images[i : i + batch_size])))
+                for site, idx in found.items():
+                    parts.setdefault(site, []).append(idx)
+            out[int(step)] = {site: np.concatenate(v) for site, v in parts.items()}
+        return out
+    finally:
+        checkpointer.close()

@@ -58,3 +58,23 @@ def test_plots_show_kept_and_lowest_channels():
     assert fig._suptitle.get_text() == "IFE keeps 5 of 10 channels (ratio 0.5)"
     fig = plot_selection_heatmap({"CT": np.linspace(0, 1, 10), "MRI": np.zeros(10)})
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["CT", "MRI"]
+
+
+def test_selections_by_checkpoint_follow_a_tiny_run(tmp_path):
+    from ife_jax.interpret import selections_by_checkpoint
+    from ife_jax.train.config import preset
+    from ife_jax.train.loop import train_and_evaluate
+
+    config = preset(
+        "tiny", ife="entropy", epochs=2, keep_checkpoints=2, data_dir=str(tmp_path / "tfds")
+    )
+    train_and_evaluate(config, tmp_path / "run")
+    x = np.asarray(jax.random.normal(jax.random.key(0), (3, 32, 32, 3)))
+    by_step = selections_by_checkpoint(tmp_path / "run", x, batch_size=2)
+    assert len(by_step) == 2 and list(by_step) == sorted(by_step)
+    for sites in by_step.values():
+        # The tiny UNet (widths 4..64) enhances c2 (8 channels) and c3 (16) with ratio 0.5.
+        assert [v.shape for v in sites.values()] == [(3, 4), (3, 8)]
+        for v, c in zip(sites.values(), (8, 16), strict=True):
+            assert ((v >= 0) & (v < c)).all()
+            assert all(len(set(row)) == row.size for row in v)  # distinct channels per image
