@@ -6,14 +6,29 @@ on every Keras backend (JAX through the pure functions of ``ife_jax``, TensorFlo
 through ``keras.ops``); ``from_flax`` needs the JAX backend.
 """
 
-from ife_jax.keras.export import FlaxModule, from_flax
+import keras
+
 from ife_jax.keras.layers import IFELayer
 from ife_jax.keras.losses import Dice, StructureLoss
 from ife_jax.keras.models import load_flax_unet_weights, unet
 
+if keras.backend.backend() == "jax":
+    # Wrapping Flax modules needs the JAX backend; importing it registers FlaxModule so that
+    # saved models reload.
+    from ife_jax.keras.export import FlaxModule as FlaxModule
+    from ife_jax.keras.export import from_flax
+else:
+
+    def from_flax(*args, **kwargs):
+        """Unavailable: Flax networks run as Keras models on the JAX backend only."""
+        raise RuntimeError(
+            f"ife_jax.keras.from_flax needs KERAS_BACKEND=jax; this process uses "
+            f"{keras.backend.backend()!r}."
+        )
+
+
 __all__ = [
     "Dice",
-    "FlaxModule",
     "IFELayer",
     "StructureLoss",
     "from_flax",

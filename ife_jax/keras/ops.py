@@ -105,6 +105,18 @@ def curvature_scores(x):
     return ops.sum(ops.abs(response), axis=(1, 2))
 
 
+def _quantise(v, lo, span, bins: int):
+    """The bin of ``ife_jax.ops.entropy``: the largest k < bins with k * span <= (v - lo) * bins.
+
+    Both products are rounded once in float32, so values on a bin edge land in the same bin on
+    every backend; the guess from a division is corrected by the two comparisons.
+    """
+    t = (v - lo) * float(bins)
+    q = ops.clip(ops.floor(t / span), 0, bins - 1)
+    q = q + ops.cast((q + 1.0) * span <= t, "float32") - ops.cast(q * span > t, "float32")
+    return ops.cast(ops.clip(q, 0, bins - 1), "int32")
+
+
 def _paper_entropy(x, bins: int):
     b, h, w, c = ops.shape(x)
     n = h * w
@@ -113,9 +125,8 @@ def _paper_entropy(x, bins: int):
     j = _neighbour_mean(v)
     lo = ops.minimum(ops.min(v, axis=(1, 2)), ops.min(j, axis=(1, 2)))[:, None, None, :]
     hi = ops.maximum(ops.max(v, axis=(1, 2)), ops.max(j, axis=(1, 2)))[:, None, None, :]
-    scale = ops.where(hi > lo, float(bins) / ops.where(hi > lo, hi - lo, 1.0), 0.0)
-    qi = ops.cast(ops.clip(ops.floor((v - lo) * scale), 0, bins - 1), "int32")
-    qj = ops.cast(ops.clip(ops.floor((j - lo) * scale), 0, bins - 1), "int32")
+    span = ops.where(hi > lo, hi - lo, 1.0)
+    qi, qj = _quantise(v, lo, span, bins), _quantise(j, lo, span, bins)
     keys = ops.sort(_rows(qi * bins + qj), axis=-1)
     counts = _run_counts(keys)
     nlogn = ops.sum(ops.where(counts > 0, counts * ops.log2(ops.maximum(counts, 1.0)), 0.0), -1)

@@ -153,16 +153,16 @@ class TrainConfig:
         return cls.from_dict(json.loads(text))
 
 
-def _reference(model: str, epochs: int, batch_size: int) -> TrainConfig:
-    return TrainConfig(model=model, epochs=epochs, batch_size=batch_size)
+def _reference(model: str, epochs: int, batch_size: int, **model_kwargs) -> TrainConfig:
+    return TrainConfig(model=model, epochs=epochs, batch_size=batch_size, model_kwargs=model_kwargs)
 
 
 #: The published recipe per network, then the small variants.
 PRESETS: dict[str, TrainConfig] = {
     # UNet: 100 epochs, decay at 50, batch 16 in the reference code (32 in the paper).
     "unet": _reference("unet", 100, 16),
-    # DeepLabV3+ and SINetV2: 60 epochs, decay at 30, batch 32.
-    "deeplabv3plus": _reference("deeplabv3plus", 60, 32),
+    # DeepLabV3+ (ResNet-101, as the reference) and SINetV2: 60 epochs, decay at 30, batch 32.
+    "deeplabv3plus": _reference("deeplabv3plus", 60, 32, backbone="resnet101"),
     "sinetv2": _reference("sinetv2", 60, 32),
     # nnUNet: not published with IFE; the UNet recipe (its plan fixes the network).
     "nnunet": _reference("nnunet", 100, 16),

@@ -28,7 +28,19 @@ def test_layer_loss_and_metric_tests_pass_on_the_torch_backend():
     env = dict(os.environ, KERAS_BACKEND="torch")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [TORCH_PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *SUITES],
+        [
+            TORCH_PYTHON,
+            "-m",
+            "pytest",
+            "-q",
+            "-o",
+            "addopts=",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+        ]
+        + SUITES,
         cwd=ROOT,
         env=env,
         capture_output=True,

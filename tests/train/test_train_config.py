@@ -13,6 +13,7 @@ def test_reference_presets_follow_the_recipe():
     for name in ("deeplabv3plus", "sinetv2"):
         config = preset(name)
         assert (config.epochs, config.batch_size, config.decay_epochs) == (60, 32, (30,))
+    assert preset("deeplabv3plus").model_kwargs == {"backbone": "resnet101"}
 
 
 def test_decay_every_gives_several_boundaries():
