@@ -22,7 +22,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
@@ -218,12 +218,45 @@ def load_resnet_state_dict(
     Raises:
       ValueError: listing every missing name, unexpected name and shape mismatch.
     """
+    return load_state_dict(
+        variables,
+        state_dict,
+        torch_name=_torch_name,
+        stem="conv1.weight",
+        network="ResNet",
+        prefix=prefix,
+        ignore=ignore,
+        strict=strict,
+    )
+
+
+def load_state_dict(
+    variables: Mapping,
+    state_dict: Mapping[str, Any],
+    *,
+    torch_name: Callable[[Sequence[str], str], str],
+    stem: str,
+    network: str,
+    prefix: Sequence[str],
+    ignore: Sequence[str],
+    strict: bool,
+) -> dict:
+    """Copies a PyTorch state dict onto the sub-tree ``prefix`` of ``variables``.
+
+    The shared machinery of the backbone loaders: ``torch_name(path, collection)`` names the
+    state-dict entry of each Flax leaf; OIHW kernels become HWIO; the 3-channel ``stem`` kernel
+    is summed over RGB for a 1-channel model; values take the dtype of what they replace.
+
+    Raises:
+      ValueError: listing every missing name, unexpected name and shape mismatch (missing and
+        unexpected names only when ``strict``).
+    """
     new = {c: _copy_tree(v) for c, v in variables.items()}
     targets = {}
     for collection in ("params", "batch_stats"):
         sub = _subtree(new[collection], prefix, collection)
         for path, value in _leaves(sub):
-            targets[_torch_name(path, collection)] = (sub, path, value)
+            targets[torch_name(path, collection)] = (sub, path, value)
 
     given = {k for k in state_dict if not any(re.search(p, k) for p in ignore)}
     missing = sorted(set(targets) - given)
@@ -231,8 +264,12 @@ def load_resnet_state_dict(
     mismatched, updates = [], []
     for name in sorted(given & set(targets)):
         sub, path, old = targets[name]
-        arr = _to_flax(np.asarray(state_dict[name]), path[-1])
-        if name == "conv1.weight" and arr.shape[2] == 3 and old.shape[2] == 1:
+        arr = np.asarray(state_dict[name])
+        if path[-1] == "kernel" and arr.ndim != 4:
+            mismatched.append(f"{name}: file {arr.shape} is not a 4-D OIHW weight")
+            continue
+        arr = _to_flax(arr, path[-1])
+        if name == stem and arr.shape[2] == 3 and old.shape[2] == 1:
             arr = arr.sum(axis=2, keepdims=True)
         if arr.shape != tuple(old.shape):
             torch_shape = tuple(np.shape(state_dict[name]))
@@ -253,7 +290,7 @@ def load_resnet_state_dict(
             "from the keys first)"
         )
     if problems and (strict or mismatched):
-        raise ValueError("cannot load the ResNet state dict:\n  " + "\n  ".join(problems))
+        raise ValueError(f"cannot load the {network} state dict:\n  " + "\n  ".join(problems))
     for sub, path, arr in updates:
         node = sub
         for p in path[:-1]:

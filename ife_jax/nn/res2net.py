@@ -29,7 +29,7 @@ import numpy as np
 
 from ife_jax.nn import pretrained
 from ife_jax.nn.layers import Dtype, batch_norm, conv
-from ife_jax.nn.pretrained import _copy_tree, _leaves, _subtree
+from ife_jax.nn.pretrained import _leaves, _subtree
 
 #: Bottleneck blocks per stage of Res2Net-50.
 RES2NET50_BLOCKS = (3, 4, 6, 3)
@@ -215,54 +215,16 @@ def load_res2net_state_dict(
     Raises:
       ValueError: listing every missing name, unexpected name and shape mismatch.
     """
-    new = {c: _copy_tree(v) for c, v in variables.items()}
-    targets = {}
-    for collection in ("params", "batch_stats"):
-        sub = _subtree(new[collection], prefix, collection)
-        for path, value in _leaves(sub):
-            targets[_torch_name(path, collection)] = (sub, path, value)
-    given = {k for k in state_dict if not any(re.search(p, k) for p in ignore)}
-    missing = sorted(set(targets) - given)
-    unexpected = sorted(given - set(targets))
-    mismatched, updates = [], []
-    for name in sorted(given & set(targets)):
-        sub, path, old = targets[name]
-        arr = np.asarray(state_dict[name])
-        if path[-1] == "kernel":
-            if arr.ndim != 4:
-                mismatched.append(f"{name}: file {arr.shape} is not a 4-D OIHW weight")
-                continue
-            arr = np.transpose(arr, (2, 3, 1, 0))
-            if name == "conv1.0.weight" and arr.shape[2] == 3 and old.shape[2] == 1:
-                arr = arr.sum(axis=2, keepdims=True)
-        if arr.shape != tuple(old.shape):
-            mismatched.append(
-                f"{name}: file {tuple(np.shape(state_dict[name]))}, model expects "
-                f"{_torch_shape(old.shape, path[-1])}"
-            )
-            continue
-        updates.append((sub, path, arr.astype(old.dtype)))
-    problems = []
-    if strict and missing:
-        problems.append(f"missing from the state dict ({len(missing)}): {', '.join(missing)}")
-    if strict and unexpected:
-        problems.append(
-            f"unexpected in the state dict ({len(unexpected)}): {', '.join(unexpected)}"
-        )
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
-    if problems:
-        raise ValueError("cannot load the Res2Net state dict:\n  " + "\n  ".join(problems))
-    for sub, path, arr in updates:
-        node = sub
-        for p in path[:-1]:
-            node = node[p]
-        node[path[-1]] = arr
-    return new
-
-
-def _torch_shape(shape, leaf: str) -> tuple[int, ...]:
-    return (shape[3], shape[2], shape[0], shape[1]) if leaf == "kernel" else tuple(shape)
+    return pretrained.load_state_dict(
+        variables,
+        state_dict,
+        torch_name=_torch_name,
+        stem="conv1.0.weight",
+        network="Res2Net",
+        prefix=prefix,
+        ignore=ignore,
+        strict=strict,
+    )
 
 
 def load_pretrained_res2net(variables: Mapping, path: str | os.PathLike, **kwargs) -> dict:
