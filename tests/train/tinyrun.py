@@ -1,6 +1,7 @@
 """Small helpers shared by the training tests; also a script that runs one tiny training.
 
-``python tinyrun.py WORKDIR [--epochs N] [--inject-nan-at I] [--hang-at I] [--checkpoint-every N]``
+``python tinyrun.py WORKDIR [--epochs N] [--inject-nan-at I] [--hang-at I] [--checkpoint-every N]
+[--dump FILE] [--dump-init FILE] [--bug dup-row|no-allreduce] [--reverse-rows]``
 
 The network is the tiny preset's UNet with curvature IFE on two skips, trained with SGD with
 momentum: the tests compare runs across device counts, and Adam would turn the rounding noise of
@@ -88,6 +89,120 @@ class _Poisoned:
         return batch
 
 
+def _reverse_rows(batch):
+    """The batch's rows in reverse order: the same training, every batch sum in another order."""
+    return {k: v[::-1].copy() for k, v in batch.items()}
+
+
+def _duplicate_last_row(batch):
+    """The last row replaced by the one before it when the batch is split over several devices:
+    the last device's shard loses one example and holds another twice (a deliberate defect)."""
+    import jax
+
+    if jax.device_count() > 1:
+        for key in ("image", "mask"):
+            batch[key][-1] = batch[key][-2]
+    return batch
+
+
+class _EditedRows:
+    """Wraps a training input so that ``edit(batch)`` is applied to every batch it yields."""
+
+    def __init__(self, inner, edit):
+        self.inner, self.edit = inner, edit
+        self.steps_per_epoch = inner.steps_per_epoch
+
+    def get_state(self):
+        return self.inner.get_state()
+
+    def set_state(self, state):
+        self.inner.set_state(state)
+
+    def __next__(self):
+        return self.edit(next(self.inner))
+
+
+def make_local_gradient_step(model, tx, *, base_key):
+    """A deliberately wrong train step: each device updates the state with the gradient of its own
+    shard of the batch, never all-reduced over the ``data`` axis (the loss and the BatchNorm
+    statistics stay global). On one device it is the correct step."""
+    import jax
+    import optax
+    from jax.sharding import PartitionSpec as P
+
+    from ife_jax.train.sharding import make_mesh
+    from ife_jax.train.step import total_loss
+
+    mesh = make_mesh()
+    weights = getattr(model, "output_weights", None)
+
+    def train_step(state, batch):
+        key = jax.random.fold_in(base_key, state.step)
+
+        def loss_fn(params, batch):
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            outputs, updates = model.apply(
+                variables,
+                batch["image"],
+                train=True,
+                rngs={"dropout": key},
+                mutable=["batch_stats"],
+            )
+            return total_loss(outputs, batch["mask"], weights=weights), updates
+
+        loss, updates = loss_fn(state.params, batch)
+        local_grad = jax.shard_map(
+            lambda params, batch: jax.grad(lambda p: loss_fn(p, batch)[0])(params),
+            mesh=mesh,
+            in_specs=(P(), P("data")),
+            out_specs=P(),
+            check_vma=False,
+        )
+        grads = local_grad(state.params, batch)
+        param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, param_updates),
+            batch_stats=updates.get("batch_stats", state.batch_stats),
+            opt_state=opt_state,
+        )
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return train_step
+
+
+def _digest_key(path) -> str:
+    """A leaf's path as one string, the same for a saved checkpoint (nested dicts and lists) and a
+    live ``TrainState`` (a dataclass of dicts, tuples and named tuples)."""
+    import jax
+
+    return jax.tree_util.keystr(path).replace(".", "").replace("'", "").replace('"', "")
+
+
+def initial_digest(config: TrainConfig) -> dict:
+    """The state a run of ``config`` starts from, as ``params_digest`` gives a checkpoint."""
+    import flax.serialization
+    import jax
+
+    from ife_jax.train.models import build_model
+    from ife_jax.train.sharding import make_mesh
+    from ife_jax.train.state import (
+        abstract_train_state,
+        initialize,
+        make_optimizer,
+        state_shardings,
+    )
+
+    model = build_model(config, plan=None)
+    tx = make_optimizer(config, steps_per_epoch=1)
+    init_key, _ = jax.random.split(jax.random.key(config.seed))
+    abstract, init = abstract_train_state(model, tx, (1, config.eval_size, config.eval_size, 3))
+    state = initialize(init, init_key, state_shardings(abstract, make_mesh()))
+    state = flax.serialization.to_state_dict(state)
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    return {_digest_key(k): np.asarray(v, np.float64) for k, v in leaves}
+
+
 def params_digest(workdir) -> dict:
     """The best and latest checkpoint's parameters as flat float64 NumPy arrays (for comparing)."""
     import jax
@@ -98,7 +213,7 @@ def params_digest(workdir) -> dict:
     state, _, _ = ck.read()
     ck.close()
     leaves = jax.tree_util.tree_leaves_with_path(state)
-    return {jax.tree_util.keystr(k): np.asarray(v, np.float64) for k, v in leaves}
+    return {_digest_key(k): np.asarray(v, np.float64) for k, v in leaves}
 
 
 def main(argv=None) -> int:
@@ -110,26 +225,42 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--dump", default=None, help="write the final parameters to this .npz")
+    parser.add_argument("--dump-init", default=None, help="write the initial state to this .npz")
+    parser.add_argument("--bug", choices=("dup-row", "no-allreduce"), default=None)
+    parser.add_argument("--ife", choices=("curvature", "entropy", "none"), default="curvature")
+    parser.add_argument(
+        "--reverse-rows", action="store_true", help="every batch's rows in reverse order"
+    )
     args = parser.parse_args(argv)
 
+    from ife_jax.train import loop
     from ife_jax.train.loop import train_and_evaluate
 
     config = tiny_config(
+        ife=None if args.ife == "none" else args.ife,
         epochs=args.epochs,
         max_train_examples=args.examples,
         checkpoint_every_steps=args.checkpoint_every,
     )
-    summary = train_and_evaluate(
-        config,
-        args.workdir,
-        inputs=lambda c: array_inputs(
+    if args.dump_init:
+        np.savez(args.dump_init, **initial_digest(config))
+
+    def inputs(c):
+        train, val = array_inputs(
             c,
             nan_at=args.inject_nan_at,
             hang_at=args.hang_at,
             marker=Path(args.workdir) / "hanging",
-        ),
-        progress=False,
-    )
+        )
+        if args.reverse_rows:
+            train = _EditedRows(train, _reverse_rows)
+        if args.bug == "dup-row":
+            train = _EditedRows(train, _duplicate_last_row)
+        return train, val
+
+    if args.bug == "no-allreduce":
+        loop.make_train_step = make_local_gradient_step
+    summary = train_and_evaluate(config, args.workdir, inputs=inputs, progress=False)
     if args.dump:
         import jax
 
