@@ -1,4 +1,4 @@
-"""IFE on volumes (B, D, H, W, C): the 3-D scores against slow NumPy oracles and hand-worked cases."""
+"""IFE on volumes (B, D, H, W, C): 3-D scores against slow NumPy oracles and hand-worked cases."""
 
 from fractions import Fraction
 

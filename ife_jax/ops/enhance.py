@@ -74,7 +74,8 @@ def enhance(
         ``"slices"``; volumes only).
 
     Returns:
-      (B, H, W, C + k) (or (B, D, H, W, C + k)) array in ``x``'s dtype, and the indices if ``return_indices``.
+      (B, H, W, C + k) (or (B, D, H, W, C + k)) array in ``x``'s dtype, and the indices if
+      ``return_indices``.
       Gradients reach ``x`` through both the raw and the selected copies; the scores carry none.
 
     Raises:

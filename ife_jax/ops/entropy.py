@@ -35,7 +35,6 @@ it never changes which channels are selected.
 from __future__ import annotations
 
 import functools
-
 import math
 
 import jax

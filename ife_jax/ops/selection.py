@@ -42,9 +42,9 @@ def select_channels(x: jax.Array, scores: jax.Array, *, ratio: float):
       ratio: fraction of channels to keep, in (0, 1]; ``k = int(ratio * C)`` must be >= 1.
 
     Returns:
-      ``(selected, indices)``: (B, H, W, k) (or (B, D, H, W, k)) features in ``x``'s dtype, in descending score order,
-      and their (B, k) int32 channel indices. Gradients flow to the gathered features; the
-      indices carry none.
+      ``(selected, indices)``: (B, H, W, k) (or (B, D, H, W, k)) features in ``x``'s dtype, in
+      descending score order, and their (B, k) int32 channel indices. Gradients flow to the
+      gathered features; the indices carry none.
 
     Raises:
       ValueError: bad ``x``, ``scores`` not (B, C), or a ratio outside (0, 1] that keeps no
