@@ -7,6 +7,7 @@ in ``ife_jax.train``. Importing ``ife_jax`` itself loads JAX only.
 
 from ife_jax.ops import (
     CURVATURE_KERNEL,
+    CURVATURE_KERNEL_3D,
     channel_scores,
     curvature_scores,
     enhance,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CURVATURE_KERNEL",
+    "CURVATURE_KERNEL_3D",
     "__version__",
     "channel_scores",
     "curvature_scores",

@@ -175,3 +175,112 @@ def selections_by_checkpoint(workdir, images, *, batch_size: int = 16) -> dict[i
         return out
     finally:
         checkpointer.close()
+
+
+def synthetic_volume(shape: tuple[int, int, int] = (24, 48, 48), *, seed: int = 0) -> np.ndarray:
+    """A (D, H, W) float32 test volume in [0, 1]: a bright sphere, a dimmer ellipsoid and noise."""
+    d, h, w = shape
+    zz, yy, xx = np.meshgrid(
+        np.linspace(-1, 1, d), np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij"
+    )
+    sphere = (zz + 0.2) ** 2 + (yy - 0.3) ** 2 + (xx - 0.3) ** 2 < 0.25
+    ellipsoid = (zz / 0.8) ** 2 + ((yy + 0.35) / 0.35) ** 2 + ((xx + 0.2) / 0.55) ** 2 < 1
+    noise = np.random.default_rng(seed).normal(0.0, 0.05, shape)
+    return np.clip(0.9 * sphere + 0.5 * ellipsoid + noise, 0.0, 1.0).astype(np.float32)
+
+
+def load_volume(path) -> np.ndarray:
+    """A (D, H, W) float32 volume from ``.npy`` (no pickles) or NIfTI (``.nii``/``.nii.gz``,
+    needs nibabel), scaled to [0, 1] by its 1st and 99th percentiles.
+
+    NIfTI arrays are (x, y, z); they are returned with z first.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(".npy"):
+        v = np.load(path, allow_pickle=False)
+    elif name.endswith((".nii", ".nii.gz")):
+        try:
+            import nibabel
+        except ImportError:
+            raise ValueError(f"reading {path} needs nibabel (pip install nibabel).") from None
+        v = np.transpose(np.asarray(nibabel.load(str(path)).dataobj), (2, 1, 0))
+    else:
+        raise ValueError(f"{path}: expected a .npy, .nii or .nii.gz volume.")
+    if v.ndim != 3:
+        raise ValueError(f"{path}: expected a 3-D volume; got shape {v.shape}.")
+    lo, hi = np.percentile(v, [1, 99])
+    return np.clip((v - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def volume_features(volume, *, channels: int = 8, seed: int = 0) -> np.ndarray:
+    """(1, D, H, W, channels) ReLU features of a (D, H, W) volume from a fixed random 3x3x3
+    filter bank: stand-ins for a 3-D network's first-layer features, to score with IFE."""
+    import jax
+    import jax.numpy as jnp
+
+    v = jnp.asarray(volume, jnp.float32)[None, ..., None]
+    rng = np.random.default_rng(seed)
+    kernels = rng.normal(0.0, 1.0 / np.sqrt(27), (3, 3, 3, 1, channels)).astype(np.float32)
+    bias = rng.normal(0.0, 0.05, channels).astype(np.float32)
+    out = jax.lax.conv_general_dilated(
+        v, kernels, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+    )
+    return np.asarray(jax.nn.relu(out + bias))
+
+
+def plot_volume_ife(features, *, ratio: float = 0.5, depth: int | None = None):
+    """The 3-D IFE of one volume's features, one row per channel (best curvature first).
+
+    Columns: the channel's slice at ``depth``, its 3-D curvature response there (3x3x3
+    kernel) and its 26-neighbour mean ``j`` (the second coordinate of the 3-D entropy). Row
+    titles give both scores and whether IFE keeps the channel by curvature (C) and by
+    entropy (E).
+
+    Args:
+      features: (1, D, H, W, C) features.
+      ratio: IFE ratio.
+      depth: the D index shown (default the middle).
+
+    Returns:
+      A matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from ife_jax.ops import curvature_response, curvature_scores, entropy_scores
+    from ife_jax.ops.entropy import neighbour_mean
+
+    x = np.asarray(features, np.float32)
+    if x.ndim != 5 or x.shape[0] != 1:
+        raise ValueError(f"features must be (1, D, H, W, C); got {x.shape}.")
+    _, d, _, _, c = x.shape
+    depth = d // 2 if depth is None else int(depth)
+    if not 1 <= depth <= d - 2:
+        raise ValueError(f"depth must lie in [1, {d - 2}] (a valid 3x3x3 centre); got {depth}.")
+    k = num_selected(c, ratio)
+    curv = np.asarray(curvature_scores(x))[0]
+    ent = np.asarray(entropy_scores(x))[0]
+    response = np.asarray(curvature_response(x))[0, depth - 1]
+    j = np.asarray(neighbour_mean(np.moveaxis(x[0], -1, 0), volume=True))[:, depth]
+    kept_c = set(np.argsort(-curv, kind="stable")[:k].tolist())
+    kept_e = set(np.argsort(-ent, kind="stable")[:k].tolist())
+    order = np.argsort(-curv, kind="stable")
+    fig, axes = plt.subplots(c, 3, figsize=(6.6, 2.0 * c), squeeze=False)
+    for r, ch in enumerate(order):
+        marks = ("C" if ch in kept_c else "-") + ("E" if ch in kept_e else "-")
+        panels = [
+            (x[0, depth, :, :, ch], f"ch {ch} [{marks}]", "gray"),
+            (response[..., ch], f"curvature {curv[ch]:.3g}", "coolwarm"),
+            (j[ch], f"entropy {ent[ch]:.3g}", "magma"),
+        ]
+        for col, (img, label, cmap) in enumerate(panels):
+            ax = axes[r, col]
+            ax.imshow(img, cmap=cmap)
+            ax.set_title(label, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"3-D IFE keeps {k} of {c} channels (C: curvature, E: entropy)", fontsize=9)
+    fig.tight_layout()
+    return fig

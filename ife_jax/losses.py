@@ -17,19 +17,21 @@ BOUNDARY_WINDOW = 31
 def boundary_weights(masks: jax.Array) -> jax.Array:
     """``1 + 5 |avgpool31(m) - m|``: pixels near the object's boundary weigh up to 6 times more.
 
-    The pooling divides by the full window (zero padding counted), as the reference does.
+    The pooling divides by the full window (zero padding counted), as the reference does. For
+    volumes (B, D, H, W, 1) the window is a 31x31x31 cube.
 
     Args:
-      masks: (B, H, W, 1) float targets in [0, 1].
+      masks: (B, H, W, 1) or (B, D, H, W, 1) float targets in [0, 1].
 
     Returns:
-      (B, H, W, 1) float32 weights.
+      float32 weights of the masks' shape.
     """
     m = masks.astype(jnp.float32)
     k, p = BOUNDARY_WINDOW, BOUNDARY_WINDOW // 2
+    n = m.ndim - 2
     pooled = lax.reduce_window(
-        m, 0.0, lax.add, (1, k, k, 1), (1, 1, 1, 1), ((0, 0), (p, p), (p, p), (0, 0))
-    ) / float(k * k)
+        m, 0.0, lax.add, (1, *(k,) * n, 1), (1,) * m.ndim, ((0, 0), *((p, p),) * n, (0, 0))
+    ) / float(k**n)
     return 1.0 + 5.0 * jnp.abs(pooled - m)
 
 
@@ -46,8 +48,8 @@ def structure_loss(logits: jax.Array, masks: jax.Array, *, weighted_bce: bool = 
     Sums run per image; the loss is the mean over the batch.
 
     Args:
-      logits: (B, H, W, 1) logits.
-      masks: (B, H, W, 1) targets in [0, 1] (soft edges allowed).
+      logits: (B, H, W, 1) logits, or (B, D, H, W, 1) for volumes.
+      masks: targets in [0, 1] of the logits' shape (soft edges allowed).
       weighted_bce: weight the BCE term by ``w`` as well.
 
     Returns:
@@ -59,7 +61,7 @@ def structure_loss(logits: jax.Array, masks: jax.Array, *, weighted_bce: bool = 
     m = masks.astype(jnp.float32)
     w = boundary_weights(m)
     bce = jnp.maximum(z, 0.0) - z * m + jnp.log1p(jnp.exp(-jnp.abs(z)))
-    axes = (1, 2, 3)
+    axes = tuple(range(1, m.ndim))
     if weighted_bce:
         bce = jnp.sum(w * bce, axes) / jnp.sum(w, axes)
     else:

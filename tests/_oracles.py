@@ -54,3 +54,80 @@ def paper_entropy_numpy(x, bins=256):
             p = np.array(list(counts.values()), np.float64) / (h * w)
             out[bi, ci] = -(p * np.log2(p)).sum()
     return out
+
+
+def curvature_kernel_3d_numpy():
+    """The 3x3x3 kernel built as the mean of the 2-D kernel placed in the three planes."""
+    k = np.zeros((3, 3, 3))
+    k[1, :, :] += KERNEL  # the (H, W) plane through the centre
+    k[:, 1, :] += KERNEL  # the (D, W) plane
+    k[:, :, 1] += KERNEL  # the (D, H) plane
+    return k / 3.0
+
+
+def curvature_3d_numpy(x):
+    """(B, D, H, W, C) -> (B, C): sum |K3 * x| over the valid region, float64, loop over voxels."""
+    x = np.asarray(x, np.float64)
+    b, d, h, w, c = x.shape
+    k = curvature_kernel_3d_numpy()
+    out = np.zeros((b, c))
+    for z in range(d - 2):
+        for y in range(h - 2):
+            for xx in range(w - 2):
+                window = x[:, z : z + 3, y : y + 3, xx : xx + 3, :]
+                out += np.abs(np.einsum("bdhwc,dhw->bc", window, k))
+    return out
+
+
+def neighbour_mean_3d_numpy(v):
+    """Mean of the 26 neighbours of each voxel of one (D, H, W) float32 channel, zero padding.
+
+    Voxel by voxel, in float32: three values along W summed left to right, three such sums
+    along H, three of those along D, minus the centre, times float32(1/26).
+    """
+    d, h, w = v.shape
+    p = np.pad(np.asarray(v, np.float32), 1)
+    inv = np.float32(1.0 / 26.0)
+    out = np.zeros_like(v, dtype=np.float32)
+    for z in range(d):
+        for y in range(h):
+            for xx in range(w):
+                planes = []
+                for dz in range(3):
+                    rows = []
+                    for dy in range(3):
+                        r = p[z + dz, y + dy]
+                        rows.append((r[xx] + r[xx + 1]) + r[xx + 2])
+                    planes.append((rows[0] + rows[1]) + rows[2])
+                total = (planes[0] + planes[1]) + planes[2]
+                out[z, y, xx] = (total - np.float32(v[z, y, xx])) * inv
+    return out
+
+
+def _bin_of(v, lo, span, bins):
+    """The largest k < bins with k * span <= (v - lo) * bins, both products in float32."""
+    t = (np.float32(v) - lo) * np.float32(bins)
+    k = 0
+    while k + 1 < bins and np.float32(k + 1) * span <= t:
+        k += 1
+    return k
+
+
+def paper_entropy_3d_numpy(x, bins=256):
+    """The 3-D entropy of every (sample, channel) of (B, D, H, W, C), counting pairs in a dict."""
+    x = np.asarray(x, np.float32)
+    b, d, h, w, c = x.shape
+    out = np.zeros((b, c))
+    for bi in range(b):
+        for ci in range(c):
+            i = x[bi, ..., ci]
+            j = neighbour_mean_3d_numpy(i)
+            lo = np.float32(min(i.min(), j.min()))
+            hi = np.float32(max(i.max(), j.max()))
+            span = hi - lo if hi > lo else np.float32(1)
+            counts = Counter()
+            for vi, vj in zip(i.ravel(), j.ravel(), strict=True):
+                counts[_bin_of(vi, lo, span, bins), _bin_of(vj, lo, span, bins)] += 1
+            p = np.array(list(counts.values()), np.float64) / (d * h * w)
+            out[bi, ci] = -(p * np.log2(p)).sum()
+    return out

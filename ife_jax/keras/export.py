@@ -180,8 +180,9 @@ def from_flax(
 
     Args:
       module: an ``ife_jax.nn`` network (e.g. ``UNet(ife="entropy")``).
-      input_shape: ``(H, W, C)`` of one image; H and W must be the concrete training size
-        (they are needed to initialise the weights; the model then accepts any valid size).
+      input_shape: ``(H, W, C)`` of one image, or ``(D, H, W, C)`` of one volume for a 3-D
+        network (``UNet3D``); the spatial sizes must be concrete (they are needed to
+        initialise the weights; the model then accepts any valid size).
       variables: optional Flax variables to start from; freshly initialised otherwise.
       name: the Keras model's name.
 
@@ -193,8 +194,10 @@ def from_flax(
       >>> model = from_flax(UNet(ife="entropy"), (224, 224, 3))
       >>> model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True))
     """
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (H, W, C); got {tuple(input_shape)!r}.")
+    if len(input_shape) not in (3, 4):
+        raise ValueError(
+            f"input_shape must be (H, W, C) or (D, H, W, C); got {tuple(input_shape)!r}."
+        )
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     outputs = FlaxModule(module, variables=variables, name="flax_module")(inputs)
     return keras.Model(inputs, outputs, name=name or type(module).__name__.lower())

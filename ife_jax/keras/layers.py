@@ -14,6 +14,7 @@ from ife_jax.ops._checks import (
     check_choice,
     num_selected,
 )
+from ife_jax.ops.curvature import CURVATURE_MODES
 from ife_jax.ops.entropy import DEFAULT_MEMORY_BUDGET
 
 IMPLEMENTATIONS = ("auto", "jax", "ops")
@@ -21,7 +22,8 @@ IMPLEMENTATIONS = ("auto", "jax", "ops")
 
 @keras.saving.register_keras_serializable(package="ife_jax")
 class IFELayer(keras.layers.Layer):
-    """Instructive Feature Enhancement: ``(B, H, W, C) -> (B, H, W, C + int(ratio * C))``.
+    """Instructive Feature Enhancement: ``(B, H, W, C) -> (B, H, W, C + int(ratio * C))``, and
+    ``(B, D, H, W, C) -> (B, D, H, W, C + int(ratio * C))`` for volumes (3-D definitions).
 
     Scores every channel of each sample by curvature or 2-D information entropy, keeps the
     ``k = int(ratio * C)`` best channels (best first, ties to the lower index, non-finite scores
@@ -44,6 +46,8 @@ class IFELayer(keras.layers.Layer):
       entropy_mode: ``"paper"``, ``"reference_hist"`` or ``"reference_unique"`` (see
         :func:`ife_jax.entropy_scores`).
       memory_budget_bytes: bound on the paper-mode histogram memory (JAX backend only).
+      curvature_mode: for volumes, ``"volume"`` (3x3x3 kernel) or ``"slices"`` (the 2-D
+        kernel on every D slice); see :func:`ife_jax.curvature_scores`.
       implementation: ``"auto"`` (JAX functions on the JAX backend, ``keras.ops`` elsewhere),
         ``"jax"`` or ``"ops"`` (force the ``keras.ops`` path, e.g. to compare the two). It is
         saved in the config: keep ``"auto"`` for models that should reload on any backend.
@@ -51,8 +55,8 @@ class IFELayer(keras.layers.Layer):
 
     Raises:
       ValueError: at construction for a bad argument; at build time for an input that is not
-        (B, H, W, C) with a known C, with H, W >= 3 where known, or one that looks
-        channels-first, or a ratio keeping no channel of C.
+        (B, H, W, C) or (B, D, H, W, C) with a known C, with D, H, W >= 3 where known, or
+        one that looks channels-first, or a ratio keeping no channel of C.
 
     Example:
       >>> inputs = keras.Input((32, 32, 64))
@@ -69,6 +73,7 @@ class IFELayer(keras.layers.Layer):
         entropy_mode: str = "paper",
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
         implementation: str = "auto",
+        curvature_mode: str = "volume",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -81,6 +86,7 @@ class IFELayer(keras.layers.Layer):
             raise ValueError(f"memory_budget_bytes must be positive; got {memory_budget_bytes!r}.")
         self.memory_budget_bytes = int(memory_budget_bytes)
         self.implementation = check_choice(implementation, IMPLEMENTATIONS, name="implementation")
+        self.curvature_mode = check_choice(curvature_mode, CURVATURE_MODES, name="curvature_mode")
         if implementation == "jax" and keras.backend.backend() != "jax":
             raise ValueError(
                 f"implementation='jax' needs the JAX backend; the active Keras backend is "
@@ -93,12 +99,17 @@ class IFELayer(keras.layers.Layer):
 
     def _check_input_shape(self, input_shape) -> int:
         shape = tuple(input_shape)
-        if len(shape) != 4:
+        if len(shape) not in (4, 5):
             raise ValueError(
-                f"{self.name} expects channels-last (B, H, W, C) features; got rank {len(shape)} "
-                f"with shape {shape}."
+                f"{self.name} expects channels-last (B, H, W, C) features or (B, D, H, W, C) "
+                f"volumes; got rank {len(shape)} with shape {shape}."
             )
-        _, h, w, c = shape
+        if len(shape) == 5 and shape[1] is not None and shape[1] < 3:
+            raise ValueError(
+                f"{self.name} needs D >= 3 for its 3x3x3 windows; got D={shape[1]} (shape "
+                f"{shape}). Is the input channels-first? IFELayer expects (B, D, H, W, C)."
+            )
+        h, w, c = shape[-3:]
         if c is None:
             raise ValueError(
                 f"{self.name} needs a known channel count on the last axis; got shape {shape}. "
@@ -109,7 +120,7 @@ class IFELayer(keras.layers.Layer):
                 f"{self.name} needs H >= 3 and W >= 3 for its 3x3 windows; got shape {shape}. "
                 "Is the input channels-first (B, C, H, W)? IFELayer expects (B, H, W, C)."
             )
-        if h is not None and w is not None and h <= 4 and w == c and w > 4 * h:
+        if len(shape) == 4 and h is not None and w is not None and h <= 4 and w == c and w > 4 * h:
             raise ValueError(
                 f"{self.name} got shape {shape}, which looks channels-first (B, C={h}, H={w}, "
                 f"W={c}); IFELayer expects channels-last (B, H, W, C). Transpose the input with "
@@ -126,6 +137,7 @@ class IFELayer(keras.layers.Layer):
                 order=self.order,
                 bins=self.bins,
                 entropy_mode=self.entropy_mode,
+                curvature_mode=self.curvature_mode,
             )
         return enhance(
             inputs,
@@ -135,12 +147,13 @@ class IFELayer(keras.layers.Layer):
             bins=self.bins,
             entropy_mode=self.entropy_mode,
             memory_budget_bytes=self.memory_budget_bytes,
+            curvature_mode=self.curvature_mode,
         )
 
     def compute_output_shape(self, input_shape):
         k = self._check_input_shape(input_shape)
-        b, h, w, c = tuple(input_shape)
-        return (b, h, w, c + k)
+        *rest, c = tuple(input_shape)
+        return (*rest, c + k)
 
     def get_config(self):
         config = super().get_config()
@@ -152,6 +165,7 @@ class IFELayer(keras.layers.Layer):
             entropy_mode=self.entropy_mode,
             memory_budget_bytes=self.memory_budget_bytes,
             implementation=self.implementation,
+            curvature_mode=self.curvature_mode,
         )
         return config
 

@@ -13,7 +13,9 @@ same quantities with the same conventions (tested against the JAX functions on t
 
 Scores agree with the JAX functions to float32 rounding (the summation order differs); the
 reference histogram counts agree exactly. All functions take NHWC (B, H, W, C) tensors of the
-active backend.
+active backend, and the curvature, paper entropy and selection also NDHWC (B, D, H, W, C)
+volumes, with the 3-D definitions of :mod:`ife_jax.ops.curvature` and
+:mod:`ife_jax.ops.entropy`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from ife_jax.ops._checks import (
     check_choice,
     num_selected,
 )
-from ife_jax.ops.curvature import _A, _B, _G
+from ife_jax.ops.curvature import _A, _B, _C3, _E3, _F3, _G, CURVATURE_MODES
+from ife_jax.ops.entropy import _INV_26
 
 
 def _shift(x, dy: int, dx: int):
@@ -49,9 +52,30 @@ def _neighbour_mean(x):
     return (total - x) / 8.0
 
 
+def _neighbour_mean_3d(x):
+    """Mean of each voxel's 26 neighbours, zero padding 1; the window summed separably along
+    W, then H, then D, times float32(1/26), as :func:`ife_jax.ops.entropy.neighbour_mean`."""
+    total = x
+    for axis in (3, 2, 1):
+        pad = [[0, 0]] * 5
+        pad[axis] = [1, 1]
+        p = ops.pad(total, pad)
+        n = total.shape[axis]
+        cut = [slice(None)] * 5
+        parts = []
+        for s in range(3):
+            cut[axis] = slice(s, s + n)
+            parts.append(p[tuple(cut)])
+        total = parts[0] + parts[1] + parts[2]
+    return (total - x) * _INV_26
+
+
 def _check_rank(x) -> None:
-    if len(x.shape) != 4:
-        raise ValueError(f"x must be a (B, H, W, C) NHWC tensor; got shape {tuple(x.shape)}.")
+    if len(x.shape) not in (4, 5):
+        raise ValueError(
+            "x must be a (B, H, W, C) NHWC or (B, D, H, W, C) NDHWC tensor; got shape "
+            f"{tuple(x.shape)}."
+        )
 
 
 def _float32(x):
@@ -59,9 +83,13 @@ def _float32(x):
 
 
 def _rows(x):
-    """(B, H, W, C) -> (B * C, H * W): one row per (sample, channel)."""
-    b, h, w, c = ops.shape(x)
-    return ops.reshape(ops.transpose(x, (0, 3, 1, 2)), (b * c, h * w))
+    """(B, H, W, C) -> (B * C, H * W) (or (B * C, D * H * W)): one row per (sample, channel)."""
+    shape = ops.shape(x)
+    b, c, n = shape[0], shape[-1], 1
+    for s in shape[1:-1]:
+        n = n * s
+    perm = (0, len(shape) - 1, *range(1, len(shape) - 1))
+    return ops.reshape(ops.transpose(x, perm), (b * c, n))
 
 
 def _run_counts(sorted_rows):
@@ -88,17 +116,45 @@ def _sum_plogp(counts, total):
     return -ops.sum(ops.where(p > 0, p * ops.log2(safe), 0.0), axis=-1)
 
 
-def curvature_scores(x):
+def _curvature_3d(x):
+    """Sum of |response| to the 3x3x3 kernel over the valid region of (B, D, H, W, C)."""
+
+    def at(dz, dy, dx):
+        d, h, w = x.shape[1:4]
+        return x[:, dz : dz + d - 2, dy : dy + h - 2, dx : dx + w - 2, :]
+
+    steps = {}
+    for dz in range(3):
+        for dy in range(3):
+            for dx in range(3):
+                n = abs(dz - 1) + abs(dy - 1) + abs(dx - 1)
+                if n < 3:
+                    term = at(dz, dy, dx)
+                    steps[n] = term if n not in steps else steps[n] + term
+    response = _C3 * steps[0] + _F3 * steps[1] + _E3 * steps[2]
+    return ops.sum(ops.abs(response), axis=(1, 2, 3))
+
+
+def curvature_scores(x, *, mode: str = "volume"):
     """Curvature score of every channel, as :func:`ife_jax.curvature_scores`.
 
     Args:
-      x: (B, H, W, C) features, any real dtype; H, W >= 3.
+      x: (B, H, W, C) or (B, D, H, W, C) features, any real dtype; D, H, W >= 3.
+      mode: for volumes, ``"volume"`` (the 3x3x3 kernel) or ``"slices"`` (the 2-D kernel on
+        every D slice, summed).
 
     Returns:
-      (B, C) float32 sums of absolute responses to the fixed 3x3 curvature kernel (no padding).
+      (B, C) float32 sums of absolute responses to the fixed curvature kernel (no padding).
     """
     _check_rank(x)
+    check_choice(mode, CURVATURE_MODES, name="curvature mode")
     x = _float32(x)
+    if len(x.shape) == 5:
+        if mode == "volume":
+            return _curvature_3d(x)
+        b, d, h, w, c = ops.shape(x)
+        per_slice = curvature_scores(ops.reshape(x, (b * d, h, w, c)))
+        return ops.sum(ops.reshape(per_slice, (b, d, c)), axis=1)
     corners = _shift(x, 0, 0) + _shift(x, 0, 2) + _shift(x, 2, 0) + _shift(x, 2, 2)
     edges = _shift(x, 0, 1) + _shift(x, 2, 1) + _shift(x, 1, 0) + _shift(x, 1, 2)
     response = _A * corners + _B * edges + _G * _shift(x, 1, 1)
@@ -118,13 +174,17 @@ def _quantise(v, lo, span, bins: int):
 
 
 def _paper_entropy(x, bins: int):
-    b, h, w, c = ops.shape(x)
-    n = h * w
-    finite = ops.all(ops.isfinite(x), axis=(1, 2))
+    shape = ops.shape(x)
+    b, c, n = shape[0], shape[-1], 1
+    for s in shape[1:-1]:
+        n = n * s
+    axes = tuple(range(1, len(shape) - 1))
+    expand = (slice(None),) + (None,) * len(axes) + (slice(None),)
+    finite = ops.all(ops.isfinite(x), axis=axes)
     v = ops.where(ops.isfinite(x), x, 0.0)
-    j = _neighbour_mean(v)
-    lo = ops.minimum(ops.min(v, axis=(1, 2)), ops.min(j, axis=(1, 2)))[:, None, None, :]
-    hi = ops.maximum(ops.max(v, axis=(1, 2)), ops.max(j, axis=(1, 2)))[:, None, None, :]
+    j = _neighbour_mean(v) if len(shape) == 4 else _neighbour_mean_3d(v)
+    lo = ops.minimum(ops.min(v, axis=axes), ops.min(j, axis=axes))[expand]
+    hi = ops.maximum(ops.max(v, axis=axes), ops.max(j, axis=axes))[expand]
     span = ops.where(hi > lo, hi - lo, 1.0)
     qi, qj = _quantise(v, lo, span, bins), _quantise(j, lo, span, bins)
     keys = ops.sort(_rows(qi * bins + qj), axis=-1)
@@ -172,7 +232,8 @@ def entropy_scores(x, *, bins: int = 256, mode: str = "paper"):
     """2-D information entropy of every channel, as :func:`ife_jax.entropy_scores`.
 
     Args:
-      x: (B, H, W, C) features, any real dtype; H, W >= 3.
+      x: (B, H, W, C) features, or (B, D, H, W, C) volumes (``"paper"`` only), any real
+        dtype; D, H, W >= 3.
       bins: quantisation levels per axis (``"paper"``) or histogram bins (``"reference_hist"``).
       mode: ``"paper"``, ``"reference_hist"`` or ``"reference_unique"``.
 
@@ -185,6 +246,11 @@ def entropy_scores(x, *, bins: int = 256, mode: str = "paper"):
     x = _float32(x)
     if mode == "paper":
         return _paper_entropy(x, bins)
+    if len(x.shape) == 5:
+        raise ValueError(
+            f"entropy mode {mode!r} reproduces the authors' 2-D code and has no 3-D form; "
+            f"use mode='paper' for the volume of shape {tuple(x.shape)}."
+        )
     b, h, w, c = ops.shape(x)
     total = ops.cast((h + 2) * (w + 2), "float32")
     if mode == "reference_hist":
@@ -227,22 +293,31 @@ def select_channels(x, scores, *, ratio: float):
     """Gathers the top ``k = int(ratio * C)`` channels of each sample, best first.
 
     Returns:
-      ``(selected, indices)``: (B, H, W, k) features in ``x``'s dtype and (B, k) int32 indices.
+      ``(selected, indices)``: (B, H, W, k) (or (B, D, H, W, k)) features in ``x``'s dtype and
+      (B, k) int32 indices.
     """
     _check_rank(x)
     c = x.shape[-1]
     k = num_selected(c, ratio)
     indices = top_channels(scores, k)
-    b, h, w, _ = ops.shape(x)
-    gather = ops.broadcast_to(indices[:, None, None, :], (b, h, w, k))
-    return ops.take_along_axis(x, gather, axis=3), indices
+    shape = ops.shape(x)
+    index = ops.reshape(indices, (shape[0], *(1 for _ in shape[1:-1]), k))
+    gather = ops.broadcast_to(index, (*shape[:-1], k))
+    return ops.take_along_axis(x, gather, axis=len(shape) - 1), indices
 
 
-def channel_scores(x, *, criterion: str = "entropy", bins: int = 256, entropy_mode: str = "paper"):
+def channel_scores(
+    x,
+    *,
+    criterion: str = "entropy",
+    bins: int = 256,
+    entropy_mode: str = "paper",
+    curvature_mode: str = "volume",
+):
     """(B, C) float32 scores of ``x`` by ``criterion`` (``"entropy"`` or ``"curvature"``)."""
     check_choice(criterion, CRITERIA, name="criterion")
     if criterion == "curvature":
-        return curvature_scores(x)
+        return curvature_scores(x, mode=curvature_mode)
     return entropy_scores(x, bins=bins, mode=entropy_mode)
 
 
@@ -255,18 +330,28 @@ def enhance(
     return_indices: bool = False,
     bins: int = 256,
     entropy_mode: str = "paper",
+    curvature_mode: str = "volume",
 ):
     """Instructive Feature Enhancement in ``keras.ops``, as :func:`ife_jax.enhance`.
 
     Args:
-      x: (B, H, W, C) features of the active backend, any real dtype; H, W >= 3.
-      criterion, ratio, order, return_indices, bins, entropy_mode: as :func:`ife_jax.enhance`.
+      x: (B, H, W, C) features or (B, D, H, W, C) volumes of the active backend, any real
+        dtype; D, H, W >= 3.
+      criterion, ratio, order, return_indices, bins, entropy_mode, curvature_mode: as
+        :func:`ife_jax.enhance`.
 
     Returns:
-      (B, H, W, C + k) tensor in ``x``'s dtype, and the (B, k) indices if ``return_indices``.
+      (B, H, W, C + k) (or (B, D, H, W, C + k)) tensor in ``x``'s dtype, and the (B, k)
+      indices if ``return_indices``.
     """
     check_choice(order, ORDERS, name="order")
-    scores = channel_scores(x, criterion=criterion, bins=bins, entropy_mode=entropy_mode)
+    scores = channel_scores(
+        x,
+        criterion=criterion,
+        bins=bins,
+        entropy_mode=entropy_mode,
+        curvature_mode=curvature_mode,
+    )
     selected, indices = select_channels(x, scores, ratio=ratio)
     parts = [x, selected] if order == "raw_first" else [selected, x]
     out = ops.concatenate(parts, axis=-1)

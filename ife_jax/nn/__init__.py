@@ -26,6 +26,7 @@ from ife_jax.nn.res2net import (
 from ife_jax.nn.resnet import ResNet
 from ife_jax.nn.sinetv2 import SINetV2
 from ife_jax.nn.unet import UNet
+from ife_jax.nn.unet3d import UNet3D
 
 __all__ = [
     "ASPP",
@@ -38,6 +39,7 @@ __all__ = [
     "ResNet",
     "SINetV2",
     "UNet",
+    "UNet3D",
     "compute_fingerprint",
     "enhanced_channels",
     "format_plan",

@@ -15,7 +15,8 @@ def enhanced_channels(channels: int, ratio: float | None) -> int:
 
 
 class IFE(nn.Module):
-    """Instructive Feature Enhancement as a Flax module: ``(B, H, W, C) -> (B, H, W, C + k)``.
+    """Instructive Feature Enhancement as a Flax module: ``(B, H, W, C) -> (B, H, W, C + k)``,
+    or ``(B, D, H, W, C) -> (B, D, H, W, C + k)`` for volumes.
 
     It has no parameters and behaves the same in training and evaluation. The selected
     channel indices are sown into the ``"intermediates"`` collection as ``"indices"`` so that
@@ -27,6 +28,8 @@ class IFE(nn.Module):
       ratio: fraction of channels appended, in (0, 1].
       order: ``"raw_first"`` (UNet) or ``"selected_first"`` (DeepLabV3+, SINetV2).
       bins, entropy_mode, memory_budget_bytes: see :func:`ife_jax.entropy_scores`.
+      curvature_mode: ``"volume"`` or ``"slices"`` for volumes; see
+        :func:`ife_jax.curvature_scores`.
     """
 
     criterion: str = "entropy"
@@ -35,6 +38,7 @@ class IFE(nn.Module):
     bins: int = 256
     entropy_mode: str = "paper"
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    curvature_mode: str = "volume"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -47,6 +51,7 @@ class IFE(nn.Module):
             bins=self.bins,
             entropy_mode=self.entropy_mode,
             memory_budget_bytes=self.memory_budget_bytes,
+            curvature_mode=self.curvature_mode,
         )
         self.sow("intermediates", "indices", indices)
         return out

@@ -37,15 +37,18 @@ def conv(
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
     name: str | None = None,
+    spatial_dims: int = 2,
 ) -> nn.Conv:
-    """A square convolution padded like PyTorch's ``padding = dilation * (kernel - 1) // 2``."""
+    """A square (or cubic, ``spatial_dims=3``) convolution padded like PyTorch's
+    ``padding = dilation * (kernel - 1) // 2``."""
     pad = dilation * (kernel - 1) // 2
+    n = spatial_dims
     return nn.Conv(
         features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        kernel_dilation=(dilation, dilation),
-        padding=((pad, pad), (pad, pad)),
+        (kernel,) * n,
+        strides=(stride,) * n,
+        kernel_dilation=(dilation,) * n,
+        padding=((pad, pad),) * n,
         use_bias=use_bias,
         kernel_init=conv_init,
         dtype=dtype,
@@ -55,7 +58,10 @@ def conv(
 
 
 class ConvBNReLU(nn.Module):
-    """``conv(k x k, dilation) -> BatchNorm -> ReLU``: (B, H, W, C) -> (B, H/s, W/s, features)."""
+    """``conv(k x k, dilation) -> BatchNorm -> ReLU``: (B, H, W, C) -> (B, H/s, W/s, features).
+
+    With ``spatial_dims=3`` the convolution is k x k x k over (B, D, H, W, C).
+    """
 
     features: int
     kernel: int = 3
@@ -64,6 +70,7 @@ class ConvBNReLU(nn.Module):
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    spatial_dims: int = 2
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -76,17 +83,20 @@ class ConvBNReLU(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="conv",
+            spatial_dims=self.spatial_dims,
         )(x)
         x = batch_norm(train, self.dtype, self.param_dtype, name="bn")(x)
         return nn.relu(x)
 
 
 class DoubleConv(nn.Module):
-    """Two ``3x3 conv (bias) -> BatchNorm -> ReLU`` blocks, the classic UNet stage."""
+    """Two ``3x3 conv (bias) -> BatchNorm -> ReLU`` blocks, the classic UNet stage (3x3x3 with
+    ``spatial_dims=3``)."""
 
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    spatial_dims: int = 2
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -97,6 +107,7 @@ class DoubleConv(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"block{i}",
+                spatial_dims=self.spatial_dims,
             )(x, train)
         return x
 

@@ -10,31 +10,41 @@ ENTROPY_MODES = ("paper", "reference_hist", "reference_unique")
 ORDERS = ("raw_first", "selected_first")
 
 
-def check_features(x, *, name: str = "x") -> tuple[int, int, int, int]:
-    """Checks that ``x`` is a (B, H, W, C) NHWC feature array the IFE ops can score.
+def check_features(x, *, name: str = "x") -> tuple[int, ...]:
+    """Checks that ``x`` is a feature array the IFE ops can score, 2-D or 3-D by rank.
+
+    ``(B, H, W, C)`` (NHWC) holds 2-D feature maps, ``(B, D, H, W, C)`` (NDHWC) 3-D ones.
 
     Returns:
-      The static shape ``(B, H, W, C)``.
+      The static shape, ``(B, H, W, C)`` or ``(B, D, H, W, C)``.
     """
     shape = np.shape(x)
-    if len(shape) != 4:
+    if len(shape) not in (4, 5):
         raise ValueError(
-            f"{name} must be a (B, H, W, C) NHWC array; got rank {len(shape)} with shape {shape}."
+            f"{name} must be a (B, H, W, C) NHWC or a (B, D, H, W, C) NDHWC array; got rank "
+            f"{len(shape)} with shape {shape}."
         )
     dtype = jnp.result_type(x)
     if dtype == jnp.bool_:
         raise ValueError(f"{name} must hold numbers, not booleans; got dtype {dtype}.")
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise ValueError(f"{name} must be a real float or integer array; got dtype {dtype}.")
-    b, h, w, c = (int(s) for s in shape)
+    dims = tuple(int(s) for s in shape)
+    if len(dims) == 5 and dims[1] < 3:
+        raise ValueError(
+            f"{name} needs D >= 3 for a 3x3x3 window; got D={dims[1]} (shape {shape}). "
+            "Is the array channels-first? The IFE ops expect NDHWC."
+        )
+    h, w, c = dims[-3:]
     if h < 3 or w < 3:
+        layout = "NHWC" if len(dims) == 4 else "NDHWC"
         raise ValueError(
             f"{name} needs H >= 3 and W >= 3 for a 3x3 window; got H={h}, W={w} (shape {shape}). "
-            "Is the array channels-first? The IFE ops expect NHWC."
+            f"Is the array channels-first? The IFE ops expect {layout}."
         )
     if c < 1:
         raise ValueError(f"{name} needs at least one channel; got C={c} (shape {shape}).")
-    return b, h, w, c
+    return dims
 
 
 def check_choice(value, choices, *, name: str) -> str:

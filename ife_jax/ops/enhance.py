@@ -20,11 +20,12 @@ def channel_scores(
     bins: int = 256,
     entropy_mode: str = "paper",
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    curvature_mode: str = "volume",
 ) -> jax.Array:
     """(B, C) float32 scores of ``x`` by ``criterion`` (``"entropy"`` or ``"curvature"``)."""
     check_choice(criterion, CRITERIA, name="criterion")
     if criterion == "curvature":
-        return curvature_scores(x)
+        return curvature_scores(x, mode=curvature_mode)
     return entropy_scores(x, bins=bins, mode=entropy_mode, memory_budget_bytes=memory_budget_bytes)
 
 
@@ -38,6 +39,7 @@ def channel_scores(
         "bins",
         "entropy_mode",
         "memory_budget_bytes",
+        "curvature_mode",
     ),
 )
 def enhance(
@@ -50,6 +52,7 @@ def enhance(
     bins: int = 256,
     entropy_mode: str = "paper",
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    curvature_mode: str = "volume",
 ):
     r"""Instructive Feature Enhancement: :math:`F = [F_x, \mathrm{top}_k(S(F_x))]`.
 
@@ -58,16 +61,21 @@ def enhance(
     concatenates them to the raw features along the channel axis.
 
     Args:
-      x: (B, H, W, C) features, NHWC, any real dtype; H, W >= 3.
+      x: (B, H, W, C) features, NHWC, or (B, D, H, W, C) volumes, NDHWC, any real dtype;
+        D, H, W >= 3. Volumes are scored with the 3-D definitions (see
+        :func:`curvature_scores` and :func:`entropy_scores`).
       criterion: ``"entropy"`` (2-D information entropy) or ``"curvature"``.
       ratio: fraction of channels to append, in (0, 1].
       order: ``"raw_first"`` gives ``[x, selected]`` (the reference UNet);
         ``"selected_first"`` gives ``[selected, x]`` (the reference DeepLabV3+ and SINetV2).
       return_indices: also return the (B, k) int32 indices of the selected channels.
       bins, entropy_mode, memory_budget_bytes: passed to :func:`entropy_scores`.
+      curvature_mode: passed to :func:`curvature_scores` as ``mode`` (``"volume"`` or
+        ``"slices"``; volumes only).
 
     Returns:
-      (B, H, W, C + k) array in ``x``'s dtype, and the indices if ``return_indices``.
+      (B, H, W, C + k) (or (B, D, H, W, C + k)) array in ``x``'s dtype, and the indices if
+      ``return_indices``.
       Gradients reach ``x`` through both the raw and the selected copies; the scores carry none.
 
     Raises:
@@ -90,6 +98,7 @@ def enhance(
         bins=bins,
         entropy_mode=entropy_mode,
         memory_budget_bytes=memory_budget_bytes,
+        curvature_mode=curvature_mode,
     )
     selected, indices = select_channels(x, scores, ratio=ratio)
     parts = (x, selected) if order == "raw_first" else (selected, x)

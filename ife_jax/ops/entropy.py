@@ -22,6 +22,12 @@ Three modes share one entry point, :func:`entropy_scores`:
   ``p = count / ((H + 2) (W + 2))``. Continuous features give nearly all-distinct values and
   therefore nearly equal scores; only repeated values (ReLU zeros, constants) separate channels.
 
+Volumes (B, D, H, W, C) are scored by ``"paper"`` only: ``j`` is the mean of a voxel's 26
+neighbours (zero padding 1), ``(window sum - centre) * fl(1/26)``, with the 3x3x3 window summed
+separably in float32 (the three values along W, then those sums along H, then along D, each
+left to right); quantisation, common range and histogram are the 2-D ones, and
+``p = count / (D * H * W)``.
+
 Normalising by a constant other than the pixel count is a monotone transform of the entropy, so
 it never changes which channels are selected.
 """
@@ -29,9 +35,11 @@ it never changes which channels are selected.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ife_jax.ops._checks import ENTROPY_MODES, as_float32, check_bins, check_choice, check_features
@@ -60,8 +68,39 @@ def neighbour_sum(x: jax.Array) -> jax.Array:
     return total
 
 
-def neighbour_mean(x: jax.Array) -> jax.Array:
-    """j: the mean of each pixel's 8 neighbours, ``(window sum - centre) / 8``, zero padding."""
+def neighbour_sum_3d(x: jax.Array) -> jax.Array:
+    """Sum of each voxel's 3x3x3 window with zero padding 1, over axes 1, 2 and 3.
+
+    Summed separably in float32: the three values along axis 3 (W) left to right, then three
+    such sums along axis 2 (H), then along axis 1 (D); 6 additions per voxel instead of 26.
+    """
+    total = x
+    for axis in (3, 2, 1):
+        n = total.shape[axis]
+        pad = [(0, 0)] * total.ndim
+        pad[axis] = (1, 1)
+        p = jnp.pad(total, pad)
+        total = (
+            lax.slice_in_dim(p, 0, n, axis=axis)
+            + lax.slice_in_dim(p, 1, n + 1, axis=axis)
+            + lax.slice_in_dim(p, 2, n + 2, axis=axis)
+        )
+    return total
+
+
+#: 1/26 rounded to float32, the factor that turns the 26 neighbours' sum into their mean.
+_INV_26 = float(np.float32(1.0 / 26.0))
+
+
+def neighbour_mean(x: jax.Array, *, volume: bool = False) -> jax.Array:
+    """j: the mean of each pixel's 8 neighbours, ``(window sum - centre) / 8``, zero padding.
+
+    With ``volume=True`` the mean of each voxel's 26 neighbours over axes 1-3,
+    ``(window sum - centre) * fl(1/26)`` (a multiplication by the float32 constant, so every
+    backend rounds it the same way).
+    """
+    if volume:
+        return (neighbour_sum_3d(x) - x) * _INV_26
     return (neighbour_sum(x) - x) / 8.0
 
 
@@ -81,14 +120,24 @@ def _fuse(x: jax.Array) -> jax.Array:
 @jax.jit
 def fused_pair_values(x: jax.Array) -> jax.Array:
     """The reference's fused pair ``100 * i + j`` for every pixel, float32, (B, H, W, C)."""
-    check_features(x)
+    _check_2d(check_features(x), "fused_pair_values")
     return _fuse(as_float32(x))
 
 
-def _chunk_rows(h: int, w: int, bins: int, budget: int) -> int:
+def _check_2d(shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+    if len(shape) != 4:
+        raise ValueError(f"{name} takes (B, H, W, C) feature maps; got shape {shape}.")
+    return shape
+
+
+def _row_bytes(spatial: tuple[int, ...], bins: int) -> int:
+    """Bytes one (sample, channel) row needs: histogram + row, j, keys, counts, slack."""
+    return 4 * bins * bins + 6 * 4 * math.prod(spatial)
+
+
+def _chunk_rows(spatial: tuple[int, ...], bins: int, budget: int) -> int:
     """How many (sample, channel) rows fit the memory budget at once."""
-    per_row = 4 * bins * bins + 6 * 4 * h * w  # histogram + rows, j, keys, counts, slack
-    return max(1, budget // per_row)
+    return max(1, budget // _row_bytes(spatial, bins))
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:
@@ -99,23 +148,28 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
 def _map_row_blocks(fn, x: jax.Array, rows: int) -> jax.Array:
     """Applies ``fn`` to blocks of ``rows`` (sample, channel) rows and reassembles (B, C).
 
-    ``fn`` takes a (R, H, W) block of channel images and returns (R,). Blocks are cut out of
-    the NHWC array with ``dynamic_slice`` inside ``lax.map``, so no full-size copy of ``x``
-    (transposed or otherwise) is ever made and the temporaries stay within one block.
+    ``fn`` takes a (R, H, W) (or (R, D, H, W)) block of channel maps and returns (R,). Blocks
+    are cut out of the channels-last array with ``dynamic_slice`` inside ``lax.map``, so no
+    full-size copy of ``x`` (transposed or otherwise) is ever made and the temporaries stay
+    within one block.
     """
-    b, h, w, c = x.shape
+    b, *spatial, c = x.shape
     if rows >= c:
         cg, sb = c, _largest_divisor_at_most(b, rows // c)
     else:
         cg, sb = _largest_divisor_at_most(c, rows), 1
     groups, nb = c // cg, b // sb
+    channels_first = (0, x.ndim - 1, *range(1, x.ndim - 1))
 
     def block(i):
         b0, c0 = (i // groups) * sb, (i % groups) * cg
-        xs = lax.dynamic_slice(x, (b0, 0, 0, c0), (sb, h, w, cg))
+        start = (b0, *(0 for _ in spatial), c0)
+        xs = lax.dynamic_slice(x, start, (sb, *spatial, cg))
         # The barriers keep XLA from fusing the transpose and stencil into the scatter, which
         # costs several times more on CPU than materialising each small stage.
-        rows_ = lax.optimization_barrier(jnp.transpose(xs, (0, 3, 1, 2)).reshape(sb * cg, h, w))
+        rows_ = lax.optimization_barrier(
+            jnp.transpose(xs, channels_first).reshape(sb * cg, *spatial)
+        )
         return fn(rows_)
 
     out = lax.map(block, jnp.arange(nb * groups))  # (nb * groups, sb * cg)
@@ -139,24 +193,27 @@ def _quantise(v: jax.Array, lo: jax.Array, span: jax.Array, bins: int) -> jax.Ar
 
 
 def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
-    """Paper entropy of each row of a (R, H, W) block; NaN for rows with non-finite values."""
-    r, h, w = rows.shape
-    finite = jnp.all(jnp.isfinite(rows), axis=(1, 2))
+    """Paper entropy of each row of a (R, H, W) or (R, D, H, W) block; NaN for non-finite rows."""
+    r, *spatial = rows.shape
+    n = math.prod(spatial)
+    axes = tuple(range(1, rows.ndim))
+    finite = jnp.all(jnp.isfinite(rows), axis=axes)
     v = jnp.where(jnp.isfinite(rows), rows, 0.0)
-    j = neighbour_mean(v)
-    lo = jnp.minimum(v.min(axis=(1, 2)), j.min(axis=(1, 2)))[:, None, None]
-    hi = jnp.maximum(v.max(axis=(1, 2)), j.max(axis=(1, 2)))[:, None, None]
+    j = neighbour_mean(v, volume=rows.ndim == 4)
+    expand = (slice(None),) + (None,) * len(spatial)
+    lo = jnp.minimum(v.min(axis=axes), j.min(axis=axes))[expand]
+    hi = jnp.maximum(v.max(axis=axes), j.max(axis=axes))[expand]
     span = jnp.where(hi > lo, hi - lo, 1.0)
     qi, qj = _quantise(v, lo, span, bins), _quantise(j, lo, span, bins)
     cells = bins * bins
-    keys = (qi * bins + qj).reshape(r, h * w) + (jnp.arange(r, dtype=jnp.int32) * cells)[:, None]
+    keys = (qi * bins + qj).reshape(r, n) + (jnp.arange(r, dtype=jnp.int32) * cells)[:, None]
     keys = lax.optimization_barrier(keys)
     hist = jnp.zeros(r * cells, jnp.int32).at[keys.reshape(-1)].add(1, mode="promise_in_bounds")
     # sum_cells n log n == sum_pixels log n(cell of the pixel): gather instead of a pass over
     # all bins*bins cells, most of which are empty.
     own = hist[keys].astype(jnp.float32)
     own = lax.optimization_barrier(own)
-    entropy = jnp.mean(jnp.log2(float(h * w) / own), axis=1)
+    entropy = jnp.mean(jnp.log2(float(n) / own), axis=1)
     return jnp.where(finite, entropy, jnp.nan)
 
 
@@ -188,7 +245,7 @@ def reference_histogram(x: jax.Array, *, bins: int = 256):
       (the min and max of the finite fused values over the whole batch). Rows holding
       non-finite values take no part in the range and their counts are meaningless.
     """
-    b, h, w, c = check_features(x)
+    b, h, w, c = _check_2d(check_features(x), "reference_histogram")
     bins = check_bins(bins)
     x = as_float32(lax.stop_gradient(x))
     row_finite = jnp.all(jnp.isfinite(x), axis=(1, 2), keepdims=True)
@@ -232,37 +289,46 @@ def entropy_scores(
     r"""2-D information entropy of every channel: :math:`E = -\sum_{i,j} p_{ij}\log_2 p_{ij}`.
 
     See the module docstring for the three modes. Scores are computed in float32 whatever
-    ``x``'s dtype and carry no gradient.
+    ``x``'s dtype and carry no gradient. For a volume (B, D, H, W, C), ``i`` is a voxel and
+    ``j`` the mean of its 26 neighbours (``"paper"`` mode only), ``p = count / (D H W)``.
 
     Args:
-      x: (B, H, W, C) features, NHWC, any real dtype; H, W >= 3.
+      x: (B, H, W, C) or (B, D, H, W, C) features, NHWC / NDHWC, any real dtype;
+        D, H, W >= 3.
       bins: quantisation levels per axis (``"paper"``) or histogram bins (``"reference_hist"``).
       mode: ``"paper"``, ``"reference_hist"`` or ``"reference_unique"``.
       memory_budget_bytes: ``"paper"`` builds its histograms for a few (sample, channel) rows at
         a time (``lax.map`` over blocks) so that histograms and per-block temporaries stay within
         this many bytes at any batch size. Results do not depend on it.
       chunk_rows: rows per block, overriding the budget (``None``: from the budget, and at most
-        8 when lowered for CPU, where small blocks keep the histogram in cache).
+        8 when lowered for CPU, where small blocks keep the histogram in cache). For volumes
+        it is capped by the budget.
 
     Returns:
       (B, C) float32 scores. A channel holding NaN or +-Inf scores NaN and is left out of the
       batch-global range of ``"reference_hist"``; the other channels' scores are unaffected.
 
     Raises:
-      ValueError: bad shape or dtype of ``x``, ``bins < 2``, unknown ``mode``, or a
-        non-positive budget or chunk size.
+      ValueError: bad shape or dtype of ``x``, ``bins < 2``, unknown ``mode``, a
+        non-positive budget or chunk size; for a volume, a reference mode or a single
+        (sample, channel) row needing more than ``memory_budget_bytes``.
 
     Example:
       >>> entropy_scores(jax.random.normal(jax.random.key(0), (2, 16, 16, 8))).shape
       (2, 8)
+      >>> entropy_scores(jax.random.normal(jax.random.key(0), (2, 5, 16, 16, 8))).shape
+      (2, 8)
     """
-    _, h, w, _ = check_features(x)
+    shape = check_features(x)
+    spatial = shape[1:-1]
     bins = check_bins(bins)
     check_choice(mode, ENTROPY_MODES, name="entropy mode")
     if memory_budget_bytes <= 0:
         raise ValueError(f"memory_budget_bytes must be positive; got {memory_budget_bytes!r}.")
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}.")
+    if len(spatial) == 3:
+        return _volume_entropy_scores(x, shape, bins, mode, memory_budget_bytes, chunk_rows)
     x = lax.stop_gradient(as_float32(x))
     if mode == "reference_hist":
         return _reference_hist_scores(x, bins)
@@ -272,9 +338,36 @@ def entropy_scores(
     def run(rows):
         return lambda x_: _map_row_blocks(lambda r: _paper_block(r, bins), x_, rows)
 
-    budget_rows = _chunk_rows(h, w, bins, memory_budget_bytes)
+    budget_rows = _chunk_rows(spatial, bins, memory_budget_bytes)
     if chunk_rows is not None:
         return run(chunk_rows)(x)
+    return lax.platform_dependent(
+        x, cpu=run(min(budget_rows, _CPU_CHUNK_ROWS)), default=run(budget_rows)
+    )
+
+
+def _volume_entropy_scores(x, shape, bins, mode, budget, chunk_rows):
+    """Paper entropy of every (sample, channel) of a (B, D, H, W, C) volume, within ``budget``."""
+    if mode != "paper":
+        raise ValueError(
+            f"entropy mode {mode!r} reproduces the authors' 2-D code and has no 3-D form; "
+            f"use mode='paper' for the volume of shape {shape}."
+        )
+    need = _row_bytes(shape[1:-1], bins)
+    if need > budget:
+        raise ValueError(
+            f"One (sample, channel) row of the volume of shape {shape} needs {need} bytes "
+            f"(D*H*W = {math.prod(shape[1:-1])} voxels, {bins}x{bins} histogram), more than "
+            f"memory_budget_bytes={budget}; raise the budget or crop the volume."
+        )
+    budget_rows = budget // need
+    x = lax.stop_gradient(as_float32(x))
+
+    def run(rows):
+        return lambda x_: _map_row_blocks(lambda r: _paper_block(r, bins), x_, rows)
+
+    if chunk_rows is not None:
+        return run(min(chunk_rows, budget_rows))(x)
     return lax.platform_dependent(
         x, cpu=run(min(budget_rows, _CPU_CHUNK_ROWS)), default=run(budget_rows)
     )

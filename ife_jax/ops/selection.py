@@ -37,14 +37,14 @@ def select_channels(x: jax.Array, scores: jax.Array, *, ratio: float):
     """Gathers the top ``k = int(ratio * C)`` channels of each sample.
 
     Args:
-      x: (B, H, W, C) features.
+      x: (B, H, W, C) or (B, D, H, W, C) features.
       scores: (B, C) per-channel scores (higher is better).
       ratio: fraction of channels to keep, in (0, 1]; ``k = int(ratio * C)`` must be >= 1.
 
     Returns:
-      ``(selected, indices)``: (B, H, W, k) features in ``x``'s dtype, in descending score order,
-      and their (B, k) int32 channel indices. Gradients flow to the gathered features; the
-      indices carry none.
+      ``(selected, indices)``: (B, H, W, k) (or (B, D, H, W, k)) features in ``x``'s dtype, in
+      descending score order, and their (B, k) int32 channel indices. Gradients flow to the
+      gathered features; the indices carry none.
 
     Raises:
       ValueError: bad ``x``, ``scores`` not (B, C), or a ratio outside (0, 1] that keeps no
@@ -56,10 +56,12 @@ def select_channels(x: jax.Array, scores: jax.Array, *, ratio: float):
       >>> idx.tolist()
       [[1, 3], [1, 3]]
     """
-    b, _, _, c = check_features(x)
+    shape = check_features(x)
+    b, c = shape[0], shape[-1]
     if tuple(jnp.shape(scores)) != (b, c):
         raise ValueError(f"scores must have shape (B, C) = {(b, c)}; got {jnp.shape(scores)}.")
     k = num_selected(c, ratio)
     indices = top_channels(scores, k)
-    selected = jnp.take_along_axis(x, indices[:, None, None, :], axis=3)
+    index = indices.reshape(b, *(1 for _ in shape[1:-1]), k)
+    selected = jnp.take_along_axis(x, index, axis=x.ndim - 1)
     return selected, indices

@@ -1,4 +1,4 @@
-"""Runs the IFELayer, loss and metric tests again with ``KERAS_BACKEND=torch``.
+"""Runs the IFELayer (2-D and 3-D), loss and metric tests again with ``KERAS_BACKEND=torch``.
 
 Keras reads its backend once per process, so the run happens in a subprocess. It needs a Python
 with PyTorch (and this package's dependencies): the current interpreter if it can import torch,
@@ -20,7 +20,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 TORCH_PYTHON = os.environ.get("IFE_JAX_TORCH_PYTHON") or (
     sys.executable if importlib.util.find_spec("torch") is not None else None
 )
-SUITES = ["tests/keras/test_keras_ife_layer.py", "tests/keras/test_keras_losses.py"]
+SUITES = [
+    "tests/keras/test_keras_ife_layer.py",
+    "tests/keras/test_keras_ife_layer_3d.py",
+    "tests/keras/test_keras_losses.py",
+]
 
 
 @pytest.mark.skipif(TORCH_PYTHON is None, reason="PyTorch is not installed")
