@@ -56,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ife_jax.typed_json import from_json
+
 PLAN_VERSION = 1
 NORMALIZATIONS = ("zscore", "ct", "rgb_to_0_1", "none")
 
@@ -92,12 +94,9 @@ class Fingerprint:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> Fingerprint:
-        d = dict(d)
-        for k in ("median_shape", "min_shape", "max_shape"):
-            d[k] = tuple(int(v) for v in d[k])
-        d["intensity"] = tuple(ChannelIntensity(**c) for c in d["intensity"])
-        return cls(**d)
+    def from_dict(cls, d: dict, *, where: str = "fingerprint") -> Fingerprint:
+        """A fingerprint from :meth:`to_dict`'s output, every field type-checked."""
+        return from_json(cls, d, where=where)
 
 
 @dataclass(frozen=True)
@@ -198,21 +197,14 @@ class NNUNetPlan:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> NNUNetPlan:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown plan fields: {', '.join(unknown)}.")
-        d["patch_size"] = tuple(int(v) for v in d["patch_size"])
-        d["features"] = tuple(int(v) for v in d["features"])
-        d["strides"] = tuple(tuple(int(v) for v in s) for s in d["strides"])
-        d["intensity"] = tuple(ChannelIntensity(**c) for c in d.get("intensity", ()))
-        d["ife_levels"] = tuple(int(v) for v in d.get("ife_levels", ()))
-        d["ife_ratios"] = tuple(float(v) for v in d.get("ife_ratios", ()))
-        if d.get("median_shape") is not None:
-            d["median_shape"] = tuple(int(v) for v in d["median_shape"])
-        return cls(**d)
+    def from_dict(cls, d: dict, *, where: str = "plan") -> NNUNetPlan:
+        """A plan from :meth:`to_dict`'s output (JSON lists for tuples), every field type-checked.
+
+        Raises:
+          ValueError: naming ``where`` and the field, for an unknown or missing field, a value
+            of the wrong type, or an invalid plan.
+        """
+        return from_json(cls, d, where=where)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -223,7 +215,11 @@ class NNUNetPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NNUNetPlan:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot read the plan ({err}).") from err
+        return cls.from_dict(data, where=str(path))
 
 
 # --------------------------------------------------------------------------- fingerprint
