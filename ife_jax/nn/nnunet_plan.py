@@ -330,13 +330,16 @@ def compute_fingerprint(
 def folder_pairs(folder: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(image, mask)`` arrays for every ``X.png`` with a ``X_mask.png`` beside it, by name.
 
-    Images are read as stored (grey (H, W), RGB (H, W, 3); palette or alpha images are
-    converted to RGB); masks as grey. Pairs are matched by file name, never by list position.
+    Images are read as the model sees them, by :func:`ife_jax.data.images.read_image` (uint8
+    (H, W, 3); 16-bit images rescaled by their own min and max), masks by
+    :func:`~ife_jax.data.images.read_mask` (uint8 (H, W) 0/1), so the plan's channels and
+    intensity statistics are those of the training input. Pairs are matched by file name, never
+    by list position.
 
     Raises:
-      ValueError: if the folder holds no pair.
+      ValueError: if the folder holds no pair, or (naming the file) an image cannot be decoded.
     """
-    from PIL import Image  # noqa: PLC0415 - keep `import ife_jax` light
+    from ife_jax.data.images import read_image, read_mask  # noqa: PLC0415 - a light `ife_jax.nn`
 
     folder = Path(folder)
     images = sorted(p for p in folder.glob("*.png") if not p.stem.endswith("_mask"))
@@ -345,13 +348,7 @@ def folder_pairs(folder: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.nda
     if not pairs:
         raise ValueError(f"{folder}: no X.png / X_mask.png pairs found.")
     for ip, mp in pairs:
-        with Image.open(ip) as im:
-            if im.mode not in ("L", "RGB", "I", "I;16", "F"):
-                im = im.convert("RGB")
-            img = np.asarray(im)
-        with Image.open(mp) as m:
-            mask = np.asarray(m.convert("L"))
-        yield img, mask
+        yield read_image(ip), read_mask(mp)[0]
 
 
 # --------------------------------------------------------------------------- planning

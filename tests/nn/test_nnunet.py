@@ -163,8 +163,8 @@ def test_folder_pairs_match_by_name(tmp_path):
         m[0, 0] = 255
         Image.fromarray(m).save(tmp_path / f"{name}_mask.png")
     pairs = list(folder_pairs(tmp_path))
-    assert [p[0].shape for p in pairs] == [(8, 6), (12, 10)]
-    assert all(i.shape == m.shape for i, m in pairs)
+    assert [p[0].shape for p in pairs] == [(8, 6, 3), (12, 10, 3)]  # read as the model sees them
+    assert all(i.shape[:2] == m.shape and set(np.unique(m)) == {0, 1} for i, m in pairs)
     plan = plan_dataset(tmp_path)
     assert plan.num_images == 2 and plan.median_shape == (10, 8)
 
