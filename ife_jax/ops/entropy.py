@@ -256,13 +256,15 @@ def entropy_scores(
       >>> entropy_scores(jax.random.normal(jax.random.key(0), (2, 16, 16, 8))).shape
       (2, 8)
     """
-    _, h, w, _ = check_features(x)
+    b, h, w, c = check_features(x)
     bins = check_bins(bins)
     check_choice(mode, ENTROPY_MODES, name="entropy mode")
     if memory_budget_bytes <= 0:
         raise ValueError(f"memory_budget_bytes must be positive; got {memory_budget_bytes!r}.")
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}.")
+    if b == 0:  # an empty batch has no rows to map over
+        return jnp.zeros((0, c), jnp.float32)
     x = lax.stop_gradient(as_float32(x))
     if mode == "reference_hist":
         return _reference_hist_scores(x, bins)
