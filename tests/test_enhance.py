@@ -138,3 +138,21 @@ BAD = [
 def test_bad_arguments_raise_at_trace_time(x, kwargs, message):
     with pytest.raises(ValueError, match=message):
         jax.eval_shape(lambda x: enhance(x, **kwargs), x)
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "curvature"])
+@pytest.mark.parametrize("order", ["raw_first", "selected_first"])
+@pytest.mark.parametrize("wrap", [lambda f: f, jax.jit], ids=["direct", "jit"])
+def test_enhance_on_an_empty_batch_returns_an_empty_result_of_the_right_shape(
+    criterion, order, wrap
+):
+    def run(x):
+        return enhance(x, criterion=criterion, ratio=0.4, order=order, return_indices=True)
+
+    one, one_idx = wrap(run)(jnp.ones((1, 7, 5, 6), jnp.bfloat16))  # k = int(0.4 * 6) = 2
+    out, idx = wrap(run)(jnp.ones((0, 7, 5, 6), jnp.bfloat16))
+    assert one.shape == (1, 7, 5, 8) and one_idx.shape == (1, 2)
+    assert out.shape == (0, 7, 5, 8) and out.dtype == jnp.bfloat16
+    assert idx.shape == (0, 2) and idx.dtype == one_idx.dtype
+    scores = ife_jax.channel_scores(jnp.ones((0, 7, 5, 6)), criterion=criterion)
+    assert scores.shape == (0, 6) and scores.dtype == jnp.float32

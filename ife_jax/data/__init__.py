@@ -1,10 +1,12 @@
-"""Input pipeline: reference-recipe transforms and grain loaders over TFDS data sources.
+"""Input pipeline: image files to arrays, reference-recipe transforms and grain loaders.
 
+``read_image`` / ``read_mask`` are the one way a file becomes model input (``images``);
 ``make_train_loader`` / ``make_eval_loader`` build resumable grain pipelines;
 ``transforms`` holds the per-example NumPy/OpenCV steps and the inverse evaluation mapping.
 """
 
 from ife_jax.data.arrays import to_arrays
+from ife_jax.data.images import UnreadableImageError, read_image, read_mask
 from ife_jax.data.loader import invert_eval_batch, make_eval_loader, make_train_loader
 from ife_jax.data.transforms import (
     EVAL_SIZE,
@@ -30,6 +32,7 @@ __all__ = [
     "STD",
     "TRAIN_SIZES",
     "AugmentConfig",
+    "UnreadableImageError",
     "denormalize",
     "eval_transform",
     "invert_eval",
@@ -38,6 +41,8 @@ __all__ = [
     "make_train_loader",
     "normalize",
     "pad_to_square",
+    "read_image",
+    "read_mask",
     "to_arrays",
     "train_augment",
 ]

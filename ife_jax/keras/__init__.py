@@ -1,12 +1,24 @@
 """Keras 3 front end: the IFE layer, the UNet, the structure loss, the Dice metric, and Flax
 networks of this package as Keras models.
 
-Importing this package imports Keras. ``IFELayer``, ``unet``, ``StructureLoss`` and ``Dice`` run
+Importing this package imports Keras, whose backend is chosen by ``KERAS_BACKEND`` or
+``~/.keras/keras.json``; a backend that is not installed gives an ``ImportError`` saying how to
+choose JAX. ``IFELayer``, ``unet``, ``StructureLoss`` and ``Dice`` run
 on every Keras backend (JAX through the pure functions of ``ife_jax``, TensorFlow and PyTorch
 through ``keras.ops``); ``from_flax`` needs the JAX backend.
 """
 
-import keras
+try:
+    import keras
+except ModuleNotFoundError as err:  # the backend named by KERAS_BACKEND or keras.json is missing
+    if err.name not in ("tensorflow", "torch", "jax"):
+        raise
+    raise ImportError(
+        f"Keras is set to the {err.name!r} backend (by KERAS_BACKEND, else the 'backend' entry "
+        f"of ~/.keras/keras.json), but {err.name} is not installed. To use JAX, run "
+        "os.environ['KERAS_BACKEND'] = 'jax' before the first `import keras`, or set "
+        "KERAS_BACKEND=jax in the shell."
+    ) from err
 
 from ife_jax.keras.layers import IFELayer
 from ife_jax.keras.losses import Dice, StructureLoss

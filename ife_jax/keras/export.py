@@ -8,15 +8,16 @@ after every step (momentum 0.9 per step, as in the Flax module); in inference mo
 (``predict``, ``evaluate``, ``model(x)``) the stored running averages are used and nothing
 changes. Only the main output is returned when a module gives several in training mode.
 
-The layer's config stores the module's class (it must live in ``ife_jax``) and its
-attributes, so a ``.keras`` file reloads with ``keras.saving.load_model`` once
-``ife_jax.keras`` is imported.
+The layer's config stores the module's class name and its attributes, so a ``.keras`` file
+reloads with ``keras.saving.load_model`` once ``ife_jax.keras`` is imported. Loading is safe
+for files from others: the class must be one of :data:`NETWORKS` (looked up in that table,
+never imported by name) and every attribute is type-checked against the class's field
+annotations (:func:`ife_jax.typed_json.from_json`) before the module is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +26,24 @@ import jax
 import jax.numpy as jnp
 import keras
 
+from ife_jax.nn import NNUNet, SINetV2, UNet, UNet3D
+from ife_jax.nn.deeplabv3plus import DeepLabV3Plus
+from ife_jax.typed_json import config_fields, from_json
+
 _PACKAGE = "ife_jax"
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+#: The only classes a model file may name: the segmentation networks of ``ife_jax.nn``.
+NETWORKS: dict[str, type[nn.Module]] = {
+    _class_path(cls): cls for cls in (UNet, UNet3D, DeepLabV3Plus, SINetV2, NNUNet)
+}
+
+#: Layer arguments a model file may not set: they hold code or weights, never configuration.
+_FORBIDDEN_LAYER_KEYS = ("call_fn", "init_fn", "params", "state", "variables")
 
 
 def _rbg_key(seed: jax.Array) -> jax.Array:
@@ -46,41 +64,51 @@ def _encode(value: Any) -> Any:
         return {k: _encode(v) for k, v in value.items()}
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _encode({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
     try:
         return {"__dtype__": jnp.dtype(value).name}
     except TypeError as err:
         raise ValueError(f"cannot serialise the module attribute value {value!r}.") from err
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_decode(v) for v in value)
-    if isinstance(value, Mapping):
-        if set(value) == {"__dtype__"}:
-            return jnp.dtype(value["__dtype__"]).type
-        return {k: _decode(v) for k, v in value.items()}
-    return value
-
-
 def module_to_config(module: nn.Module) -> dict:
-    """``{"class_name": "pkg.mod.Class", "config": {attribute: JSON value}}`` of a module."""
-    cls = type(module)
-    config = {
-        f.name: _encode(getattr(module, f.name))
-        for f in dataclasses.fields(module)
-        if f.name not in ("parent", "name") and f.init
-    }
-    return {"class_name": f"{cls.__module__}.{cls.__qualname__}", "config": config}
+    """``{"class_name": "pkg.mod.Class", "config": {attribute: JSON value}}`` of a network.
+
+    Raises:
+      ValueError: if the module is not one of :data:`NETWORKS` (it could not be reloaded).
+    """
+    path = _class_path(type(module))
+    if NETWORKS.get(path) is not type(module):
+        raise ValueError(
+            f"only the networks {sorted(NETWORKS)} can be saved in a model file; got {path!r}."
+        )
+    config = {name: _encode(getattr(module, name)) for name in config_fields(type(module))}
+    return {"class_name": path, "config": config}
 
 
-def module_from_config(spec: Mapping) -> nn.Module:
-    """Rebuild a module from :func:`module_to_config`'s output (classes of ``ife_jax`` only)."""
+def module_from_config(spec: Mapping, *, where: str = "model file") -> nn.Module:
+    """Rebuilds a network from :func:`module_to_config`'s output.
+
+    The class is looked up in :data:`NETWORKS` (nothing is imported or called by a name read
+    from ``spec``) and every attribute is type-checked against the class's annotations.
+
+    Raises:
+      ValueError: naming ``where`` and the offending class name, field or value.
+    """
+    if not isinstance(spec, Mapping) or set(spec) != {"class_name", "config"}:
+        shown = sorted(spec) if isinstance(spec, Mapping) else type(spec).__name__
+        raise ValueError(
+            f"{where}: a module spec has exactly the keys 'class_name' and 'config'; got {shown}."
+        )
     path = spec["class_name"]
-    if not (path == _PACKAGE or path.startswith(_PACKAGE + ".")):
-        raise ValueError(f"only modules of the {_PACKAGE} package can be rebuilt; got {path!r}.")
-    mod, _, name = path.rpartition(".")
-    cls = getattr(importlib.import_module(mod), name)
-    return cls(**{k: _decode(v) for k, v in spec["config"].items()})
+    cls = NETWORKS.get(path) if isinstance(path, str) else None
+    if cls is None:
+        raise ValueError(
+            f"{where}: {path!r} is not a network this package can load; allowed: "
+            f"{', '.join(sorted(NETWORKS))}."
+        )
+    return from_json(cls, spec["config"], where=f"{where}: {cls.__name__}")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -166,6 +194,13 @@ class FlaxModule(keras.layers.JaxLayer):
 
     @classmethod
     def from_config(cls, config):
+        forbidden = sorted(k for k in _FORBIDDEN_LAYER_KEYS if k in config)
+        if forbidden:
+            raise ValueError(
+                f"model file: the FlaxModule config may not set {', '.join(forbidden)}."
+            )
+        if not isinstance(config.get("module"), Mapping):
+            raise ValueError("model file: the FlaxModule config needs a 'module' spec.")
         return cls(**config)
 
 

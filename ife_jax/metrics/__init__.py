@@ -6,8 +6,12 @@ IFE paper's published evaluation, so numbers can be set beside its tables). The 
 live in :mod:`.overlap`, :mod:`.surface` and :mod:`.hce`; the evaluation report (CSV, tables,
 paired t-test, figures) in :mod:`.report`.
 
-Inputs: ``pred`` is a (H, W) probability map in [0, 1], a binary mask, or a 0-255 image; ``gt``
-is a (H, W) binary or 0/255 mask. A map whose maximum exceeds 1 is read on the 0-255 scale.
+Inputs (one rule for every function here, :mod:`._inputs`): ``pred`` is a (H, W) bool mask, an
+integer map (0/1, or 0-255 when its maximum exceeds 1) or a float map: a float map within
+[0, 1] up to rounding (``PROB_TOLERANCE``, 7.6e-6; so 1.0000001 is a probability) is a
+probability map, one with larger values is on the 0-255 scale. ``gt`` must be binary: bool, or
+values all in {0, 1} or all in {0, 255}; any other ground truth (``{0, 2}``, anti-aliased grey)
+raises a ``ValueError`` listing its values instead of being guessed at.
 
 =======  ========================================  =========================================
 key      ``convention="standard"``                 ``convention="paper"``
@@ -65,6 +69,8 @@ import numpy as np
 
 from ife_jax.metrics._inputs import (
     EMPTY_CASES,
+    PROB_TOLERANCE,
+    as_target,
     as_unit,
     binarize,
     check_same_shape,
@@ -118,10 +124,7 @@ def binarize_prediction(pred, *, convention: str = "standard") -> np.ndarray:
 def binarize_target(gt, *, convention: str = "standard") -> np.ndarray:
     """The binary ground truth each convention evaluates: (H, W) map -> (H, W) bool."""
     _check_convention(convention)
-    if convention == "standard":
-        return binarize(gt, name="gt")
-    u, _ = as_unit(gt, name="gt")
-    return u > 0
+    return as_target(gt)
 
 
 def empty_case(pred, gt, *, convention: str = "standard") -> str:
@@ -141,8 +144,8 @@ def compute_all(pred, gt, *, convention: str = "standard", spacing=1.0) -> dict[
     """All nine metrics of one image, under the chosen convention (table in the module doc).
 
     Args:
-      pred: (H, W) probability map in [0, 1], binary mask, or 0-255 image.
-      gt: (H, W) binary or 0/255 ground truth.
+      pred: (H, W) probability map in [0, 1], binary mask, or 0-255 image (rule above).
+      gt: (H, W) binary ground truth: bool, {0, 1} or {0, 255}.
       convention: ``"standard"`` or ``"paper"``.
       spacing: pixel size, a number or (row, col) pair; distances (``hd``, ``asd``) are in
         its units.
@@ -161,15 +164,13 @@ def compute_all(pred, gt, *, convention: str = "standard", spacing=1.0) -> dict[
     _check_convention(convention)
     sp = normalize_spacing(spacing)
     pu, was255 = as_unit(pred, name="pred")
-    gu, g255 = as_unit(gt, name="gt")
-    check_same_shape(pu, gu)
+    g = as_target(gt)
+    check_same_shape(pu, g)
     if convention == "standard":
         p = pu > (128.0 / 255.0 if was255 else 0.5)
-        g = gu > (128.0 / 255.0 if g255 else 0.5)
     else:
         lo, hi = pu.min(), pu.max()
         p = (pu - lo) / (hi - lo + 1e-8) >= 0.5
-        g = gu > 0
 
     tp = int(np.count_nonzero(p & g))
     n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
@@ -223,6 +224,7 @@ __all__ = [
     "EMPTY_CASES",
     "METRIC_KEYS",
     "PAPER_HCE_SIZE",
+    "PROB_TOLERANCE",
     "asd",
     "assd",
     "binarize_prediction",

@@ -11,45 +11,91 @@ import numpy as np
 EMPTY_CASES = ("none", "both", "pred", "gt")
 
 
-def as_unit(x, *, name: str = "mask") -> tuple[np.ndarray, bool]:
-    """A (H, W) map as float values in [0, 1], and whether it was given on the 0-255 scale.
+#: How far a float probability map may stray outside [0, 1] and still be read as one: float32
+#: rounding in the sigmoid, the resize back to the image size and a few arithmetic steps stays
+#: within tens of ulps of 1.0; 64 ulps (7.6e-6) covers that with margin and is far below the
+#: smallest step of a 0-255 map (1/255). Values within it are clipped to [0, 1].
+PROB_TOLERANCE = 64 * float(np.finfo(np.float32).eps)
 
-    Booleans map to {0, 1}. A map whose maximum exceeds 1 is read as 0-255 and divided by 255.
 
-    Raises:
-      ValueError: ``x`` is not 2-D, is empty, holds NaN/inf, or values outside [0, 255].
-    """
-    a = np.asarray(x)
+def _check_map(a: np.ndarray, name: str) -> None:
     if a.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (H, W) array, got shape {a.shape}.")
     if a.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {a.shape}.")
+    if a.dtype != np.bool_ and not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{name} must be numeric or boolean, got dtype {a.dtype}.")
+
+
+def as_unit(x, *, name: str = "pred") -> tuple[np.ndarray, bool]:
+    """A (H, W) prediction as float values in [0, 1], and whether it was on the 0-255 scale.
+
+    The rule, by dtype:
+    - bool: {0, 1}.
+    - integer: values in [0, 255]; a map whose maximum exceeds 1 is on the 0-255 scale (divided
+      by 255), otherwise it is a {0, 1} mask.
+    - float: a map within ``[-PROB_TOLERANCE, 1 + PROB_TOLERANCE]`` is a probability map
+      (clipped to [0, 1]; a maximum of 1.0000001 is rounding, not the 0-255 scale); a map
+      with larger values is on the 0-255 scale (at most ``255 + 255 * PROB_TOLERANCE``).
+
+    Raises:
+      ValueError: ``x`` is not 2-D, is empty, holds NaN/inf, or values outside those ranges
+        (the message gives the range found).
+    """
+    a = np.asarray(x)
+    _check_map(a, name)
     if a.dtype == np.bool_:
         return a.astype(np.float64), False
-    if not (np.issubdtype(a.dtype, np.number)):
-        raise ValueError(f"{name} must be numeric or boolean, got dtype {a.dtype}.")
     lo, hi = a.min(), a.max()
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"{name} holds NaN or infinite values.")
-    if lo < 0 or hi > 255:
+    tol = PROB_TOLERANCE if np.issubdtype(a.dtype, np.floating) else 0.0
+    if lo < -tol or hi > 255 * (1 + tol):
         raise ValueError(f"{name} values must lie in [0, 1] or [0, 255], got [{lo}, {hi}].")
-    if hi > 1:
-        return a.astype(np.float64) / 255.0, True
-    return a.astype(np.float64), False
+    if hi > 1 + tol:
+        return np.clip(a.astype(np.float64), 0.0, 255.0) / 255.0, True
+    return np.clip(a.astype(np.float64), 0.0, 1.0), False
 
 
-def binarize(x, *, name: str = "mask") -> np.ndarray:
-    """Foreground of a (H, W) map: ``> 0.5`` on [0, 1], ``> 128`` on 0-255 (the DIS rule).
+def binarize(x, *, name: str = "pred") -> np.ndarray:
+    """Foreground of a (H, W) prediction: ``> 0.5`` on [0, 1], ``> 128`` on 0-255 (the DIS rule).
 
-    Booleans are returned unchanged (as a bool array).
+    The scale is decided by :func:`as_unit`. Booleans are returned unchanged (as a bool array).
     """
     a = np.asarray(x)
     if a.dtype == np.bool_:
-        if a.ndim != 2 or a.size == 0:
-            raise ValueError(f"{name} must be a non-empty 2-D (H, W) array, got {a.shape}.")
+        _check_map(a, name)
         return a
     u, was255 = as_unit(a, name=name)
     return u > (128.0 / 255.0 if was255 else 0.5)
+
+
+def as_target(x, *, name: str = "gt") -> np.ndarray:
+    """A (H, W) ground truth as a bool mask; it must be binary.
+
+    Accepted: bool, or numbers whose values are all in {0, 1} or all in {0, 255} (any dtype);
+    foreground is the non-zero value. Anything else (``{0, 2}``, an anti-aliased 0-255 mask,
+    a probability map, several labels) is ambiguous and refused: binarise it first.
+
+    Raises:
+      ValueError: ``x`` is not 2-D, is empty, or is not binary (the message lists its values).
+    """
+    a = np.asarray(x)
+    _check_map(a, name)
+    if a.dtype == np.bool_:
+        return a
+    zero = a == 0
+    if np.all(zero | (a == 1)) or np.all(zero | (a == 255)):
+        return ~zero
+    values = np.unique(a[np.isfinite(a)]) if np.issubdtype(a.dtype, np.floating) else np.unique(a)
+    shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if values.size > 8 else "")
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+        shown += ", NaN or inf"
+    raise ValueError(
+        f"{name} must be a binary mask with values {{0, 1}} or {{0, 255}} (or bool); got "
+        f"values {{{shown}}}. Binarise it first (e.g. {name} > 127 for an anti-aliased "
+        "0-255 mask)."
+    )
 
 
 def check_same_shape(pred: np.ndarray, gt: np.ndarray) -> None:

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
-from ife_jax.metrics._inputs import bbox, binarize, check_same_shape
+from ife_jax.metrics._inputs import as_target, bbox, binarize, check_same_shape
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
@@ -180,7 +180,7 @@ def hce(pred, gt, *, relax: int = 5, epsilon: float = 2.0, size: int | None = No
       5 x 5 blob (thinner than the relaxation) HCE 0.
     """
     p = binarize(pred, name="pred")
-    g = binarize(gt, name="gt")
+    g = as_target(gt)
     check_same_shape(p, g)
     if size is None:
         return int(sum(hce_parts(p, g, relax=relax, epsilon=epsilon)))

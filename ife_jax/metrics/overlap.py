@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ife_jax.metrics._inputs import as_unit, binarize, check_same_shape
+from ife_jax.metrics._inputs import as_target, as_unit, binarize, check_same_shape
 
 #: Conformity ``3 - 2/DSC`` diverges as DSC -> 0; DSC is clamped to this value first, so
 #: Con >= 3 - 2/0.01 = -197 and stays monotone in DSC.
@@ -24,7 +24,7 @@ CON_DSC_FLOOR = 0.01
 
 def _pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
     p = binarize(pred, name="pred")
-    g = binarize(gt, name="gt")
+    g = as_target(gt)
     check_same_shape(p, g)
     return p, g
 
@@ -124,7 +124,7 @@ def mae(pred, gt) -> float:
     ``pred`` keeps its soft values (0-255 maps are divided by 255); ``gt`` is binarised.
     """
     p, _ = as_unit(pred, name="pred")
-    g = binarize(gt, name="gt")
+    g = as_target(gt)
     check_same_shape(p, g)
     return float(np.mean(np.abs(p - g)))
 

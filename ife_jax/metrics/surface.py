@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from ife_jax.metrics._inputs import (
+    as_target,
     bbox,
     binarize,
     check_same_shape,
@@ -75,7 +76,7 @@ def directed_distances(
 
 def _prepare(pred, gt, spacing):
     p = binarize(pred, name="pred")
-    g = binarize(gt, name="gt")
+    g = as_target(gt)
     check_same_shape(p, g)
     sp = normalize_spacing(spacing)
     has_p, has_g = bool(p.any()), bool(g.any())

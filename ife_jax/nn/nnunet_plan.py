@@ -56,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ife_jax.typed_json import from_json
+
 PLAN_VERSION = 1
 NORMALIZATIONS = ("zscore", "ct", "rgb_to_0_1", "none")
 
@@ -92,12 +94,9 @@ class Fingerprint:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> Fingerprint:
-        d = dict(d)
-        for k in ("median_shape", "min_shape", "max_shape"):
-            d[k] = tuple(int(v) for v in d[k])
-        d["intensity"] = tuple(ChannelIntensity(**c) for c in d["intensity"])
-        return cls(**d)
+    def from_dict(cls, d: dict, *, where: str = "fingerprint") -> Fingerprint:
+        """A fingerprint from :meth:`to_dict`'s output, every field type-checked."""
+        return from_json(cls, d, where=where)
 
 
 @dataclass(frozen=True)
@@ -198,21 +197,14 @@ class NNUNetPlan:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> NNUNetPlan:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown plan fields: {', '.join(unknown)}.")
-        d["patch_size"] = tuple(int(v) for v in d["patch_size"])
-        d["features"] = tuple(int(v) for v in d["features"])
-        d["strides"] = tuple(tuple(int(v) for v in s) for s in d["strides"])
-        d["intensity"] = tuple(ChannelIntensity(**c) for c in d.get("intensity", ()))
-        d["ife_levels"] = tuple(int(v) for v in d.get("ife_levels", ()))
-        d["ife_ratios"] = tuple(float(v) for v in d.get("ife_ratios", ()))
-        if d.get("median_shape") is not None:
-            d["median_shape"] = tuple(int(v) for v in d["median_shape"])
-        return cls(**d)
+    def from_dict(cls, d: dict, *, where: str = "plan") -> NNUNetPlan:
+        """A plan from :meth:`to_dict`'s output (JSON lists for tuples), every field type-checked.
+
+        Raises:
+          ValueError: naming ``where`` and the field, for an unknown or missing field, a value
+            of the wrong type, or an invalid plan.
+        """
+        return from_json(cls, d, where=where)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -223,7 +215,11 @@ class NNUNetPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NNUNetPlan:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot read the plan ({err}).") from err
+        return cls.from_dict(data, where=str(path))
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -334,13 +330,16 @@ def compute_fingerprint(
 def folder_pairs(folder: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(image, mask)`` arrays for every ``X.png`` with a ``X_mask.png`` beside it, by name.
 
-    Images are read as stored (grey (H, W), RGB (H, W, 3); palette or alpha images are
-    converted to RGB); masks as grey. Pairs are matched by file name, never by list position.
+    Images are read as the model sees them, by :func:`ife_jax.data.images.read_image` (uint8
+    (H, W, 3); 16-bit images rescaled by their own min and max), masks by
+    :func:`~ife_jax.data.images.read_mask` (uint8 (H, W) 0/1), so the plan's channels and
+    intensity statistics are those of the training input. Pairs are matched by file name, never
+    by list position.
 
     Raises:
-      ValueError: if the folder holds no pair.
+      ValueError: if the folder holds no pair, or (naming the file) an image cannot be decoded.
     """
-    from PIL import Image  # noqa: PLC0415 - keep `import ife_jax` light
+    from ife_jax.data.images import read_image, read_mask  # noqa: PLC0415 - a light `ife_jax.nn`
 
     folder = Path(folder)
     images = sorted(p for p in folder.glob("*.png") if not p.stem.endswith("_mask"))
@@ -349,13 +348,7 @@ def folder_pairs(folder: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.nda
     if not pairs:
         raise ValueError(f"{folder}: no X.png / X_mask.png pairs found.")
     for ip, mp in pairs:
-        with Image.open(ip) as im:
-            if im.mode not in ("L", "RGB", "I", "I;16", "F"):
-                im = im.convert("RGB")
-            img = np.asarray(im)
-        with Image.open(mp) as m:
-            mask = np.asarray(m.convert("L"))
-        yield img, mask
+        yield read_image(ip), read_mask(mp)[0]
 
 
 # --------------------------------------------------------------------------- planning

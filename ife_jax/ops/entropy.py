@@ -327,6 +327,8 @@ def entropy_scores(
         raise ValueError(f"memory_budget_bytes must be positive; got {memory_budget_bytes!r}.")
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}.")
+    if shape[0] == 0:  # an empty batch has no rows to map over
+        return jnp.zeros((0, shape[-1]), jnp.float32)
     if len(spatial) == 3:
         return _volume_entropy_scores(x, shape, bins, mode, memory_budget_bytes, chunk_rows)
     x = lax.stop_gradient(as_float32(x))

@@ -168,3 +168,68 @@ def test_agrees_with_single_metrics_on_random_masks():
 def test_bad_convention():
     with pytest.raises(ValueError, match="convention"):
         compute_all(square(), square(), convention="medpy")
+
+
+def overshoot_case(dtype):
+    """gt: 10 x 10 square; prediction: 0.9 on a copy shifted by 3 columns (one pixel of it
+    1 ulp above 1 after float rounding), 0.1 elsewhere: TP 70, |P| = |G| = 100, DSC 0.7."""
+    g = square()
+    p = np.where(square(left=8), 0.9, 0.1).astype(dtype)
+    exact = p.copy()
+    exact[5, 8] = 1.0
+    p[5, 8] = np.nextafter(dtype(1.0), dtype(2.0))
+    return p, exact, g
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("convention", ["standard", "paper"])
+def test_probability_map_overshooting_1_by_rounding_is_read_as_probabilities(dtype, convention):
+    p, exact, g = overshoot_case(dtype)
+    assert p.max() > 1
+    out = compute_all(p, g, convention=convention)
+    assert out["dsc"] == pytest.approx(0.7, abs=1e-12)
+    assert out == compute_all(exact, g, convention=convention)  # the overshoot is clipped
+    p64 = np.where(square(left=8), 0.9, 0.1)
+    p64[5, 8] = 1.0000001  # the reported case
+    assert compute_all(p64, g, convention=convention)["dsc"] == pytest.approx(0.7, abs=1e-12)
+
+
+def test_float_map_on_the_0_255_scale_reads_like_its_uint8_version():
+    p, _, g = overshoot_case(np.float64)
+    p255 = np.round(np.clip(p, 0, 1) * 255)
+    assert compute_all(p255, g) == compute_all(p255.astype(np.uint8), g)
+    assert compute_all(p255, g)["dsc"] == pytest.approx(0.7, abs=1e-12)  # 230 > 128
+
+
+@pytest.mark.parametrize(
+    "gt",
+    [
+        square().astype(np.uint8) * 2,  # {0, 2}: the reported case
+        np.where(square(), 255, 0) - np.where(square(left=6), 127, 0),  # anti-aliased grey
+        square() * 0.5,  # a probability map
+        square().astype(np.float32) + square(side=3),  # labels {0, 1, 2}
+    ],
+)
+def test_non_binary_ground_truth_is_an_error_naming_its_values(gt):
+    pred = square()
+    values = ", ".join(f"{v:g}" for v in np.unique(gt))
+    message = r"gt must be a binary mask .* got values \{" + values + r"\}"
+    for call in (
+        lambda: compute_all(pred, gt),
+        lambda: compute_all(pred, gt, convention="paper"),
+        lambda: dice(pred, gt),
+        lambda: hce(pred, gt),
+        lambda: empty_case(pred, gt),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_every_binary_ground_truth_form_reads_alike():
+    p, _, g = overshoot_case(np.float64)
+    want = {conv: compute_all(p, g, convention=conv) for conv in ("standard", "paper")}
+    for form in (g.astype(np.uint8), g.astype(np.float32), g.astype(np.uint8) * 255, g * 255.0):
+        for conv in ("standard", "paper"):
+            assert compute_all(p, form, convention=conv) == want[conv]
+    full = np.ones_like(g)
+    assert compute_all(p, full.astype(np.uint8) * 255) == compute_all(p, full)  # all 255

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -113,7 +114,7 @@ def test_plan_json_round_trip_and_editing(tmp_path):
     path.write_text(json.dumps(d))
     edited = NNUNetPlan.load(path)
     assert edited == dataclasses.replace(plan, batch_size=5, ife_levels=(2,), ife_ratios=(0.75,))
-    with pytest.raises(ValueError, match="unknown plan fields: colour"):
+    with pytest.raises(ValueError, match=r"unknown field\(s\) colour for NNUNetPlan"):
         NNUNetPlan.from_dict({**d, "colour": 1})
     with pytest.raises(ValueError, match="ife_levels"):
         dataclasses.replace(plan, ife_levels=(8,), ife_ratios=(0.5,))
@@ -162,8 +163,8 @@ def test_folder_pairs_match_by_name(tmp_path):
         m[0, 0] = 255
         Image.fromarray(m).save(tmp_path / f"{name}_mask.png")
     pairs = list(folder_pairs(tmp_path))
-    assert [p[0].shape for p in pairs] == [(8, 6), (12, 10)]
-    assert all(i.shape == m.shape for i, m in pairs)
+    assert [p[0].shape for p in pairs] == [(8, 6, 3), (12, 10, 3)]  # read as the model sees them
+    assert all(i.shape[:2] == m.shape and set(np.unique(m)) == {0, 1} for i, m in pairs)
     plan = plan_dataset(tmp_path)
     assert plan.num_images == 2 and plan.median_shape == (10, 8)
 
@@ -290,3 +291,23 @@ def test_one_train_step_reduces_the_loss():
     params1, _, loss0 = step(params, tx.init(params), x, masks)
     _, _, loss1 = step(params1, tx.init(params1), x, masks)
     assert np.isfinite(loss0) and float(loss1) < float(loss0)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"batch_size": "4"}, r"batch_size: expected int; got '4'"),
+        ({"features": [4.5, 8]}, r"features\[0\]: expected int; got 4.5"),
+        ({"intensity": [{"mean": 0.0}]}, r"intensity\[0\]: ChannelIntensity needs the field"),
+        ({"deep_supervision": "yes"}, r"deep_supervision: expected bool; got 'yes'"),
+    ],
+)
+def test_plan_file_with_a_wrongly_typed_field_names_file_and_field(tmp_path, edit, message):
+    path = tmp_path / "plan.json"
+    plan_from_fingerprint(_fp((64, 64), 20)).save(path)
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": " + message):
+        NNUNetPlan.load(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": cannot read the plan"):
+        NNUNetPlan.load(path)

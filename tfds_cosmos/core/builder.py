@@ -155,8 +155,8 @@ class DmisFolderBuilder(CodePathMixin, tfds.core.GeneratorBasedBuilder, skip_reg
         count = 0
         for pair in pairs:
             try:
-                img_pil = images_lib._open(pair.image_path)
-                mask_pil = images_lib._open(pair.mask_path)
+                img_pil = images_lib.open_image(pair.image_path)
+                mask_pil = images_lib.open_image(pair.mask_path)
                 image = images_lib.to_rgb8(img_pil)
                 mask, info = images_lib.to_binary_mask(mask_pil)
             except images_lib.UnreadableImageError as e:
