@@ -338,7 +338,8 @@ def folder_pairs(folder: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.nda
     converted to RGB); masks as grey. Pairs are matched by file name, never by list position.
 
     Raises:
-      ValueError: if the folder holds no pair.
+      ValueError: if the folder holds no pair, or naming an image or mask that cannot be read
+        (empty, truncated, not an image).
     """
     from PIL import Image  # noqa: PLC0415 - keep `import ife_jax` light
 
@@ -349,12 +350,18 @@ def folder_pairs(folder: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.nda
     if not pairs:
         raise ValueError(f"{folder}: no X.png / X_mask.png pairs found.")
     for ip, mp in pairs:
-        with Image.open(ip) as im:
-            if im.mode not in ("L", "RGB", "I", "I;16", "F"):
-                im = im.convert("RGB")
-            img = np.asarray(im)
-        with Image.open(mp) as m:
-            mask = np.asarray(m.convert("L"))
+        try:
+            with Image.open(ip) as im:
+                if im.mode not in ("L", "RGB", "I", "I;16", "F"):
+                    im = im.convert("RGB")
+                img = np.asarray(im)
+        except (OSError, ValueError) as err:  # empty, truncated or not an image
+            raise ValueError(f"{ip}: cannot read image ({err})") from None
+        try:
+            with Image.open(mp) as m:
+                mask = np.asarray(m.convert("L"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{mp}: cannot read mask ({err})") from None
         yield img, mask
 
 

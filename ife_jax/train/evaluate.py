@@ -162,6 +162,15 @@ def evaluate(
       "probs": maps, "examples": examples, "name", "n", "step", "output"}`` where a summary maps
       each metric to its mean and std.
     """
+    from ife_jax.train.workdir import check_directory, check_writable_folder
+
+    check_directory(workdir, must_exist=True)
+    if output is None:
+        output = Path(workdir) / f"eval_{split}"
+        what = "the report folder (choose another with output=, or --output)"
+    else:
+        what = "the report folder"
+    output = check_writable_folder(output, what=what)
     config, model, variables, mesh, step = load_model(workdir, checkpoint=checkpoint)
     if examples is None:
         from ife_jax.train.datasets import load_examples
@@ -181,7 +190,6 @@ def evaluate(
         mesh=mesh,
     )
     name = name or run_name(config)
-    output = Path(output) if output is not None else Path(workdir) / f"eval_{split}"
     result = {"name": name, "n": len(examples), "step": step, "output": str(output)}
     result["records"] = {
         c: records_for(examples, probs, model=name, convention=c) for c in CONVENTIONS

@@ -100,6 +100,19 @@ def _check_config(config: TrainConfig, workdir: Path) -> None:
         )
 
 
+def _check_train_sizes(model, abstract_state, config: TrainConfig) -> None:
+    """Traces the network at every training size (shapes only, nothing runs or compiles), so
+    that a size it cannot take fails during set-up, naming the size."""
+    for size in config.train_sizes:
+        images = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+        try:
+            jax.eval_shape(
+                lambda v, x: model.apply(v, x, train=False), abstract_state.variables, images
+            )
+        except ValueError as err:
+            raise ValueError(f"train_sizes={config.train_sizes}: size {size}: {err}") from None
+
+
 def _prepare_workdir(workdir: str | Path) -> Path:
     """The workdir as an absolute path, created; raises a one-line error if it cannot be."""
     workdir = check_directory(workdir, must_exist=False)
@@ -210,6 +223,7 @@ def _train(config: TrainConfig, workdir: Path, *, inputs: Callable | None, progr
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
 
+    _check_train_sizes(model, abstract, config)
     if _is_main():  # set-up succeeded: the workdir now holds this run
         write_config(workdir, config)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)

@@ -37,6 +37,29 @@ def check_directory(workdir: str | Path, *, must_exist: bool) -> Path:
     return path
 
 
+def check_writable_folder(path: str | Path, *, what: str) -> Path:
+    """``path`` as an absolute path, checked (without creating anything) to be a folder that
+    exists and can be written, or one that can be created.
+
+    Args:
+      path: the folder.
+      what: how error messages name it (``"--output"``, ``"the report folder"``).
+
+    Raises:
+      ValueError: naming ``what`` and the path, if it (or the folder it would be created in)
+        is a file or cannot be written.
+    """
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: {existing} is not writable")
+    return path
+
+
 def has_checkpoints(workdir: str | Path) -> bool:
     """Whether ``workdir`` holds a finished checkpoint (recent or best)."""
     return bool(saved_steps(Path(workdir) / "checkpoints") or saved_steps(Path(workdir) / "best"))
