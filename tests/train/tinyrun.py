@@ -1,6 +1,7 @@
 """Small helpers shared by the training tests; also a script that runs one tiny training.
 
-``python tinyrun.py WORKDIR [--epochs N] [--inject-nan-at I] [--hang-at I] [--checkpoint-every N]``
+``python tinyrun.py WORKDIR [--epochs N] [--inject-nan-at I] [--hang-at I] [--checkpoint-every N]
+[--train-sizes S ...]``
 
 The network is the tiny preset's UNet with curvature IFE on two skips, trained with SGD with
 momentum: the tests compare runs across device counts, and Adam would turn the rounding noise of
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--dump", default=None, help="write the final parameters to this .npz")
+    parser.add_argument("--train-sizes", type=int, nargs="+", default=None)
     args = parser.parse_args(argv)
 
     from ife_jax.train.loop import train_and_evaluate
@@ -118,6 +120,7 @@ def main(argv=None) -> int:
         epochs=args.epochs,
         max_train_examples=args.examples,
         checkpoint_every_steps=args.checkpoint_every,
+        **({"train_sizes": tuple(args.train_sizes)} if args.train_sizes else {}),
     )
     summary = train_and_evaluate(
         config,
