@@ -1,8 +1,9 @@
 """The ``ife-jax`` command line. It only parses arguments and calls the library.
 
 Commands: ``train``, ``evaluate``, ``predict``, ``plan``, ``build-dataset`` and ``demo``;
-``ife-jax COMMAND --help`` describes each. Bad arguments print one line on stderr and exit
-with status 2.
+``ife-jax COMMAND --help`` describes each. Bad arguments (a value, a file, a flag) print one
+line on stderr and exit with status 2; other failures print one line and exit with status 1.
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -75,8 +76,12 @@ def _train_config(args):
     from ife_jax.train.config import TrainConfig, preset
 
     if args.config:
-        with open(args.config) as f:
-            config = TrainConfig.from_json(f.read())
+        try:
+            with open(args.config) as f:
+                config = TrainConfig.from_json(f.read())
+        except (OSError, ValueError) as err:  # missing, unreadable, not JSON, bad fields
+            why = getattr(err, "strerror", None) or err
+            raise ValueError(f"--config {args.config}: {why}") from None
     else:
         config = preset(args.preset or args.model or "unet")
     changes = {}
@@ -121,6 +126,10 @@ def _evaluate(args) -> int:
 
 def _predict(args) -> int:
     from ife_jax.train.predict import predict
+    from ife_jax.train.workdir import check_directory, check_writable_folder
+
+    check_directory(args.workdir, must_exist=True)
+    check_writable_folder(args.output, what="--output")
 
     written = predict(
         args.workdir,
@@ -177,8 +186,13 @@ def _demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ife-jax", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
-    p = sub.add_parser(
+    def add(name, **kwargs):
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add(
         "train",
         help="train a network (resumes from WORKDIR)",
         description="Train a network, with or without IFE; rerun with the same "
@@ -214,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser(
+    p = add(
         "evaluate",
         help="evaluate a trained run (nine metrics, both conventions)",
         description="Evaluate a run at the original image sizes and write the report and figures.",
@@ -226,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="report folder (default WORKDIR/eval_SPLIT)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser(
+    p = add(
         "predict",
         help="segment PNG/JPEG files with a trained run",
         description="Write NAME_mask.png and NAME_overlay.png for every image.",
@@ -238,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser(
+    p = add(
         "plan",
         help="print the nnUNet plan for a dataset",
         description="Fingerprint a dataset (a TFDS name or a folder of X.png/X_mask.png "
@@ -253,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="also write the plan as JSON to this file")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser(
+    p = add(
         "build-dataset",
         help="build a TFDS dataset (synthetic, cosmos55k, folder)",
         description="Build synthetic[/CONFIG], cosmos55k (--manual-dir) or a "
@@ -266,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_build_dataset)
 
-    p = sub.add_parser(
+    p = add(
         "demo",
         help="train and compare UNet, UNet+C and UNet+E on synthetic data",
         description="Builds a small synthetic dataset, trains UNet, UNet+C and "
@@ -280,19 +294,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 1000 else text[:1000] + " ..."
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs a command; a failure prints one line on stderr (the traceback only with
+    ``--debug``) and returns 2 for bad input (a value, a file, a flag) or 1 otherwise."""
+    from ife_jax.train.checkpointing import UnreadableCheckpointsError
+    from ife_jax.train.workdir import WorkdirLockedError
+
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as err:
-        print(f"ife-jax: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if args is not None and args.debug:
+            raise
+        bad_input = (ValueError, OSError, WorkdirLockedError, UnreadableCheckpointsError)
+        if isinstance(err, FloatingPointError) or not isinstance(err, bad_input):
+            print(
+                f"ife-jax: error: {type(err).__name__}: {_one_line(err)} "
+                "(rerun with --debug for the traceback)",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"ife-jax: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except FloatingPointError as err:
-        print(f"ife-jax: error: {err}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

@@ -148,14 +148,14 @@ def selections_by_checkpoint(workdir, images, *, batch_size: int = 16) -> dict[i
     from ife_jax.train.plan import plan_for_run
 
     config = load_config(workdir)
-    model = build_model(config, plan=plan_for_run(config, workdir))
+    model = build_model(config, plan=plan_for_run(config, workdir, save=False))
 
     @jax.jit
     def forward(variables, x):
         _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
         return state["intermediates"]
 
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    checkpointer = Checkpointer(workdir, read_only=True)
     try:
         steps = sorted(checkpointer.recent.all_steps())
         if not steps:

@@ -337,7 +337,8 @@ def folder_pairs(folder: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.nda
     by list position.
 
     Raises:
-      ValueError: if the folder holds no pair, or (naming the file) an image cannot be decoded.
+      ValueError: if the folder holds no pair, or naming an image or mask that cannot be read
+        (empty, truncated, not an image).
     """
     from ife_jax.data.images import read_image, read_mask  # noqa: PLC0415 - a light `ife_jax.nn`
 

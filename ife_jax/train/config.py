@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import types
+import typing
 from typing import Any
 
 MODELS = ("unet", "deeplabv3plus", "sinetv2", "nnunet")
@@ -78,6 +82,7 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self):
+        _check_types(self)
         # Normalise sequences so that a config read back from JSON compares equal.
         if self.ratios is not None:
             object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
@@ -103,20 +108,22 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             bad("precision", f"must be one of {', '.join(PRECISIONS)}")
         for name in ("batch_size", "epochs", "eval_size", "eval_every_epochs", "keep_checkpoints"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         if self.num_workers < 0:
             bad("num_workers", "must be >= 0")
         if not self.train_sizes or min(self.train_sizes) < 16:
             bad("train_sizes", "must be a non-empty list of sizes >= 16")
-        if self.learning_rate <= 0:
-            bad("learning_rate", "must be > 0")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            bad("learning_rate", "must be a finite number > 0")
         if not 0.0 < self.decay_factor <= 1.0:
             bad("decay_factor", "must lie in (0, 1]")
         if self.decay_every_epochs is not None and self.decay_every_epochs < 1:
             bad("decay_every_epochs", "must be >= 1 or None")
-        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
-            bad("grad_clip_norm", "must be > 0 or None")
+        if self.grad_clip_norm is not None and not (
+            math.isfinite(self.grad_clip_norm) and self.grad_clip_norm > 0
+        ):
+            bad("grad_clip_norm", "must be a finite number > 0, or None")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
             bad("checkpoint_every_steps", "must be >= 1 or None")
         for name in ("max_train_examples", "max_eval_examples"):
@@ -151,6 +158,44 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         return cls.from_dict(json.loads(text))
+
+
+def _type_ok(value, kind) -> bool:
+    """Whether ``value`` (as given, or as read from JSON) has the annotated type ``kind``."""
+    if kind is Any:
+        return True
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return any(_type_ok(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    if kind is float:
+        return isinstance(value, numbers.Real)
+    if kind is str:
+        return isinstance(value, str)
+    if typing.get_origin(kind) is tuple:  # tuple[X, ...]; JSON gives a list
+        (item, _) = typing.get_args(kind)
+        return isinstance(value, tuple | list) and all(_type_ok(v, item) for v in value)
+    if typing.get_origin(kind) is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    raise TypeError(f"no type check for {kind}")
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Raises ``ValueError`` naming the first field whose value has the wrong type (a string
+    ``"4"`` where a number belongs, a number where a list belongs, ...)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(config, field.name)
+        if not _type_ok(value, hints[field.name]):
+            kind = hints[field.name]
+            kind = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
+            raise ValueError(
+                f"{field.name}={value!r}: must be of type {kind}, not {type(value).__name__}"
+            )
 
 
 def _reference(model: str, epochs: int, batch_size: int, **model_kwargs) -> TrainConfig:

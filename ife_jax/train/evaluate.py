@@ -4,13 +4,14 @@ conventions, the report and figures, all written to the workdir."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from ife_jax.train import sharding as sharding_lib
-from ife_jax.train.checkpointing import Checkpointer
+from ife_jax.train.checkpointing import Checkpointer, UnreadableCheckpointsError
 from ife_jax.train.config import TrainConfig
 from ife_jax.train.inference import predict_images
 from ife_jax.train.models import build_model
@@ -23,38 +24,74 @@ CONVENTIONS = ("standard", "paper")
 
 
 def load_config(workdir: str | Path) -> TrainConfig:
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{workdir} holds no training run (no config.json)")
-    return TrainConfig.from_json(path.read_text())
+    """The configuration of the run in ``workdir`` (see :func:`ife_jax.train.workdir.saved_config`).
+
+    Raises:
+      FileNotFoundError: if ``workdir`` holds no run.
+      ValueError: if it is a file, or its configuration cannot be read.
+    """
+    from ife_jax.train.workdir import saved_config
+
+    config = saved_config(workdir)
+    if config is None:
+        raise FileNotFoundError(f"{workdir} holds no training run (no config.json, no checkpoint)")
+    return config
+
+
+def _restore_newest_readable(checkpointer: Checkpointer, abstract, *, best: bool):
+    try:
+        return checkpointer.restore(abstract, best=best)
+    except UnreadableCheckpointsError:
+        return None
 
 
 def load_model(workdir: str | Path, *, checkpoint: str = "best"):
-    """``(config, model, variables, mesh, step)`` of a trained run.
+    """``(config, model, variables, mesh, step)`` of a trained run. Reads only: nothing in
+    ``workdir`` is created, moved or written.
 
     Args:
       workdir: the run's directory.
-      checkpoint: ``"best"`` (best validation Dice) or ``"latest"``.
+      checkpoint: ``"best"`` (best validation Dice; if no best checkpoint can be read, the
+        newest readable recent one, with a warning) or ``"latest"`` (the newest readable one).
+
+    Raises:
+      FileNotFoundError: if the run holds no checkpoint.
+      ValueError: if none of its checkpoints can be read.
     """
     if checkpoint not in ("best", "latest"):
         raise ValueError(f"checkpoint={checkpoint!r}: must be 'best' or 'latest'")
     config = load_config(workdir)
     mesh = sharding_lib.make_mesh()
-    model = build_model(config, plan=plan_for_run(config, workdir))
+    model = build_model(config, plan=plan_for_run(config, workdir, save=False))
     tx = make_optimizer(config, 1)
     abstract, _ = abstract_train_state(model, tx, (1, config.eval_size, config.eval_size, 3))
     shardings = state_shardings(abstract, mesh)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    checkpointer = Checkpointer(workdir, read_only=True)
     try:
-        restored = checkpointer.restore(abstract, best=checkpoint == "best")
-        if restored is None and checkpoint == "best":
-            restored = checkpointer.restore(abstract)
+        restored = None
+        if checkpoint == "best":
+            restored = _restore_newest_readable(checkpointer, abstract, best=True)
+            if restored is None and checkpointer.steps(best=True):
+                warnings.warn(
+                    f"no best checkpoint of {workdir} can be read; using the newest readable "
+                    "recent checkpoint instead",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        if restored is None:
+            restored = _restore_newest_readable(checkpointer, abstract, best=False)
+        tried = {"best": checkpointer.steps(best=True), "checkpoints": checkpointer.steps()}
     finally:
         checkpointer.close()
     if restored is None:
+        if any(tried.values()):
+            raise ValueError(
+                f"{workdir}: none of its checkpoints can be read "
+                f"(best/: steps {tried['best']}, checkpoints/: steps {tried['checkpoints']})"
+            )
         raise FileNotFoundError(f"{workdir} holds no checkpoint")
     state = restored[0]
     return config, model, state.variables, mesh, int(state.step)
@@ -125,6 +162,15 @@ def evaluate(
       "probs": maps, "examples": examples, "name", "n", "step", "output"}`` where a summary maps
       each metric to its mean and std.
     """
+    from ife_jax.train.workdir import check_directory, check_writable_folder
+
+    check_directory(workdir, must_exist=True)
+    if output is None:
+        output = Path(workdir) / f"eval_{split}"
+        what = "the report folder (choose another with output=, or --output)"
+    else:
+        what = "the report folder"
+    output = check_writable_folder(output, what=what)
     config, model, variables, mesh, step = load_model(workdir, checkpoint=checkpoint)
     if examples is None:
         from ife_jax.train.datasets import load_examples
@@ -144,7 +190,6 @@ def evaluate(
         mesh=mesh,
     )
     name = name or run_name(config)
-    output = Path(output) if output is not None else Path(workdir) / f"eval_{split}"
     result = {"name": name, "n": len(examples), "step": step, "output": str(output)}
     result["records"] = {
         c: records_for(examples, probs, model=name, convention=c) for c in CONVENTIONS

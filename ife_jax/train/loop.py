@@ -8,8 +8,10 @@ workdir resumes from the newest readable checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +33,13 @@ from ife_jax.train.state import (
     state_shardings,
 )
 from ife_jax.train.step import jit_train_step, make_eval_step, make_train_step
+from ife_jax.train.workdir import (
+    WorkdirLock,
+    check_directory,
+    has_checkpoints,
+    saved_config,
+    write_config,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,22 +80,50 @@ class MetricsLog:
 
 
 def _check_config(config: TrainConfig, workdir: Path) -> None:
-    path = workdir / "config.json"
-    if path.exists():
-        saved = TrainConfig.from_json(path.read_text())
-        if saved != config:
-            diff = [
-                f"{k}: {v!r} -> {getattr(config, k)!r}"
-                for k, v in saved.to_dict().items()
-                if getattr(config, k) != getattr(saved, k)
-            ]
-            raise ValueError(
-                f"{workdir} holds a run with a different configuration ({'; '.join(diff)}); "
-                "use a new workdir"
+    """Refuses to train ``config`` in a workdir holding the checkpoints of another run.
+
+    Writes nothing: ``config.json`` is written once set-up has succeeded, so a run that fails
+    during set-up never blocks its workdir.
+    """
+    if not has_checkpoints(workdir):
+        return
+    saved = saved_config(workdir)
+    if saved != config:
+        diff = [
+            f"{k}: {v!r} -> {getattr(config, k)!r}"
+            for k, v in saved.to_dict().items()
+            if getattr(config, k) != getattr(saved, k)
+        ]
+        raise ValueError(
+            f"{workdir} holds a run with a different configuration ({'; '.join(diff)}); "
+            "use a new workdir"
+        )
+
+
+def _check_train_sizes(model, abstract_state, config: TrainConfig) -> None:
+    """Traces the network at every training size (shapes only, nothing runs or compiles), so
+    that a size it cannot take fails during set-up, naming the size."""
+    for size in config.train_sizes:
+        images = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+        try:
+            jax.eval_shape(
+                lambda v, x: model.apply(v, x, train=False), abstract_state.variables, images
             )
-    elif _is_main():
-        workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(config.to_json() + "\n")
+        except ValueError as err:
+            raise ValueError(f"train_sizes={config.train_sizes}: size {size}: {err}") from None
+
+
+def _prepare_workdir(workdir: str | Path) -> Path:
+    """The workdir as an absolute path, created; raises a one-line error if it cannot be."""
+    workdir = check_directory(workdir, must_exist=False)
+    if _is_main():
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"cannot create workdir {workdir} ({err.strerror})") from None
+        if not os.access(workdir, os.W_OK | os.X_OK):
+            raise ValueError(f"workdir {workdir} is not writable; training needs to write there")
+    return workdir
 
 
 def default_inputs(config: TrainConfig):
@@ -157,17 +194,26 @@ def train_and_evaluate(
 
     Raises:
       NonFiniteLossError: when a loss is NaN or infinite (the last good checkpoint is kept).
+      WorkdirLockedError: when another process trains in ``workdir``.
+      ValueError: when ``workdir`` holds another run, or cannot be written.
     """
     sharding_lib.maybe_initialize_distributed()
-    workdir = Path(workdir).absolute()
+    workdir = _prepare_workdir(workdir)
+    # Process 0 writes the workdir, so it alone holds the lock.
+    with WorkdirLock(workdir) if _is_main() else contextlib.nullcontext():
+        return _train(config, workdir, inputs=inputs, progress=progress)
+
+
+def _train(config: TrainConfig, workdir: Path, *, inputs: Callable | None, progress: bool):
     _check_config(config, workdir)
+    resuming = has_checkpoints(workdir)
     mesh = sharding_lib.make_mesh()
     sharding_lib.local_batch_size(config.batch_size, mesh)  # validates divisibility
     train_input, val_examples = (inputs or default_inputs)(config)
     spe = train_input.steps_per_epoch
     total_steps = config.epochs * spe
 
-    model = build_model(config, plan=plan_for_run(config, workdir))
+    model = build_model(config, plan=plan_for_run(config, workdir, reuse=resuming))
     tx = make_optimizer(config, spe)
     schedule = learning_rate_schedule(config, spe)
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
@@ -177,6 +223,9 @@ def train_and_evaluate(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
 
+    _check_train_sizes(model, abstract, config)
+    if _is_main():  # set-up succeeded: the workdir now holds this run
+        write_config(workdir, config)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     log = MetricsLog(workdir / "metrics.jsonl")
     restored = checkpointer.restore(abstract)
@@ -218,7 +267,7 @@ def train_and_evaluate(
 
     def save(step_now, *, best=False):
         data_state = train_input.get_state()
-        meta_now = dict(meta, step=step_now, epoch=step_now / spe)
+        meta_now = dict(meta, step=step_now, epoch=step_now / spe, config=config.to_dict())
         checkpointer.save(step_now, state, data_state, meta_now, best=best)
 
     step = int(state.step)

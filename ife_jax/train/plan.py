@@ -58,16 +58,19 @@ def check_sizes(plan, config: TrainConfig) -> None:
         )
 
 
-def plan_for_run(config: TrainConfig, workdir: str | Path):
-    """The run's plan: ``workdir/plan.json`` if it exists, else made from the training split
-    (``config.max_train_examples`` of it) and saved there. ``None`` unless the model is nnUNet.
+def plan_for_run(
+    config: TrainConfig, workdir: str | Path, *, reuse: bool = True, save: bool = True
+):
+    """The run's plan: ``workdir/plan.json`` if it exists (and ``reuse``), else made from the
+    training split (``config.max_train_examples`` of it) and, if ``save``, saved there.
+    ``None`` unless the model is nnUNet.
     """
     if config.model != "nnunet":
         return None
     from ife_jax.nn.nnunet_plan import NNUNetPlan
 
     path = Path(workdir) / PLAN_FILE
-    if path.exists():
+    if reuse and path.exists():
         plan = NNUNetPlan.load(path)
     else:
         plan = make_plan(
@@ -76,7 +79,7 @@ def plan_for_run(config: TrainConfig, workdir: str | Path):
             data_dir=config.data_dir,
             limit=config.max_train_examples,
         )
-        if jax.process_index() == 0:
+        if save and jax.process_index() == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             plan.save(path)
     check_sizes(plan, config)

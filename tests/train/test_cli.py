@@ -1,6 +1,7 @@
 """The ``ife-jax`` command line: bad arguments, and train -> evaluate -> predict end to end."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +24,10 @@ from ife_jax.cli import main
         (["plan", "synthetic/tiny", "--max-examples", "x"], "--max-examples"),
         (["train", "--workdir", "w", "--batch-size", "0"], "batch_size"),
         (["evaluate", "--workdir", "does/not/exist"], "no training run"),
+        (["train", "--workdir", "w", "--learning-rate", "nan"], "learning_rate=nan"),
+        (["train", "--workdir", "w", "--learning-rate", "inf"], "learning_rate=inf"),
+        (["train", "--workdir", "w", "--learning-rate=-1e-3"], "learning_rate=-0.001"),
+        (["train", "--workdir", "w", "--config", "does/not/exist.json"], "does/not/exist.json"),
         (["fly"], "invalid choice"),
         ([], "command"),
     ],
@@ -104,3 +109,52 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys, train_env):
         assert (folder / "dsc_by_group.png").exists() and (folder / "overlays.png").exists()
     summary = json.loads((report / "summary.json").read_text())
     assert summary["n"] == 8 and 0.0 <= summary["standard"]["dsc"]["mean"] <= 1.0
+
+
+def test_every_cli_failure_is_one_line_naming_the_file_or_flag(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    bad_type = tmp_path / "bad_type.json"
+    bad_type.write_text(json.dumps({"batch_size": "4"}))
+    not_json = tmp_path / "not_json.json"
+    not_json.write_text('{"batch_size": ')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    for name, size in (("a", 40), ("b", 48)):
+        Image.fromarray(np.full((size, size, 3), 90, np.uint8)).save(plans / f"{name}.png")
+        Image.fromarray(np.zeros((size, size), np.uint8)).save(plans / f"{name}_mask.png")
+    truncated = (plans / "b.png").read_bytes()
+    (plans / "b.png").write_bytes(truncated[: len(truncated) // 2])
+    empty = tmp_path / "empty"
+    shutil.copytree(plans, empty)
+    (empty / "b.png").unlink()
+    (empty / "a.png").write_bytes(b"")
+    cases = [
+        (["train", "--workdir", str(a_file)], f"workdir {a_file} is a file"),
+        (["evaluate", "--workdir", str(a_file)], f"workdir {a_file} is a file"),
+        (["predict", "--workdir", str(a_file), "--output", "o", "x.png"], "is a file"),
+        (["train", "--workdir", "w", "--config", str(bad_type)], "batch_size='4'"),
+        (["train", "--workdir", "w", "--config", str(not_json)], str(not_json)),
+        (["predict", "--workdir", str(run), "--output", str(a_file), "x.png"], "--output"),
+        (["evaluate", "--workdir", str(run), "--output", str(a_file / "r")], str(a_file)),
+        (["plan", str(plans)], f"{plans / 'b.png'}: cannot read image"),
+        (["plan", str(empty)], f"{empty / 'a.png'}: cannot read image"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and fragment in err, (argv, err)
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a_file", "bad_type.json", "not_json.json", "run", "plans", "empty"]
+    )
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        main(["evaluate", "--debug", "--workdir", str(a_file)])

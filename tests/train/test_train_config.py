@@ -38,7 +38,15 @@ def test_json_round_trip(name):
         ("batch_size", 0),
         ("train_sizes", ()),
         ("learning_rate", -1.0),
+        ("learning_rate", 0.0),
+        ("learning_rate", float("nan")),
+        ("learning_rate", float("inf")),
+        ("grad_clip_norm", float("nan")),
+        ("grad_clip_norm", float("inf")),
         ("decay_factor", 2.0),
+        ("decay_factor", float("nan")),
+        ("ratios", (0.5, float("nan"))),
+        ("epochs", 0),
     ],
 )
 def test_bad_values_name_the_field(field, value):
@@ -51,3 +59,33 @@ def test_unknown_fields_and_presets_are_rejected():
         TrainConfig.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="nope"):
         preset("nope")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("batch_size", "4"),
+        ("batch_size", 4.0),
+        ("batch_size", True),
+        ("epochs", None),
+        ("learning_rate", "1e-3"),
+        ("ratios", [0.5, "0.5"]),
+        ("ratios", 0.5),
+        ("train_sizes", 33),
+        ("train_sizes", ["32"]),
+        ("model", 1),
+        ("ife", 0),
+        ("model_kwargs", ["widths"]),
+        ("max_train_examples", 8.5),
+    ],
+)
+def test_config_fields_are_type_checked_when_read(field, value):
+    data = {**json.loads(PRESETS["tiny"].to_json()), field: value}
+    with pytest.raises(ValueError, match=f"^{field}=.*must be of type"):
+        TrainConfig.from_dict(data)
+
+
+def test_json_numbers_of_the_right_kind_are_accepted():
+    data = {**json.loads(PRESETS["tiny"].to_json()), "learning_rate": 1, "ratios": [1, 0.5]}
+    config = TrainConfig.from_dict(data)
+    assert config.learning_rate == 1.0 and config.ratios == (1.0, 0.5)

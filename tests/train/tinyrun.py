@@ -1,7 +1,8 @@
 """Small helpers shared by the training tests; also a script that runs one tiny training.
 
 ``python tinyrun.py WORKDIR [--epochs N] [--inject-nan-at I] [--hang-at I] [--checkpoint-every N]
-[--dump FILE] [--dump-init FILE] [--bug dup-row|no-allreduce] [--reverse-rows]``
+[--dump FILE] [--dump-init FILE] [--bug dup-row|no-allreduce] [--reverse-rows]
+[--train-sizes S ...]``
 
 The network is the tiny preset's UNet with curvature IFE on two skips, trained with SGD with
 momentum: the tests compare runs across device counts, and Adam would turn the rounding noise of
@@ -231,6 +232,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--reverse-rows", action="store_true", help="every batch's rows in reverse order"
     )
+    parser.add_argument("--train-sizes", type=int, nargs="+", default=None)
     args = parser.parse_args(argv)
 
     from ife_jax.train import loop
@@ -241,6 +243,7 @@ def main(argv=None) -> int:
         epochs=args.epochs,
         max_train_examples=args.examples,
         checkpoint_every_steps=args.checkpoint_every,
+        **({"train_sizes": tuple(args.train_sizes)} if args.train_sizes else {}),
     )
     if args.dump_init:
         np.savez(args.dump_init, **initial_digest(config))
