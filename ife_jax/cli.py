@@ -125,9 +125,10 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from ife_jax.train.predict import predict
+    from ife_jax.train.predict import check_arguments, predict
     from ife_jax.train.workdir import check_directory, check_writable_folder
 
+    check_arguments(args.images, args.output, args.threshold)  # before any file is touched
     check_directory(args.workdir, must_exist=True)
     check_writable_folder(args.output, what="--output")
 

@@ -84,9 +84,11 @@ def _silence_abandoned_reads() -> None:
     Orbax reads a checkpoint's arrays as concurrent tasks on an event loop that it closes as
     soon as the first read fails. The other reads still finish in TensorStore's threads and try
     to hand their results to the closed loop: each raises an unraisable ``RuntimeError('Event
-    loop is closed')``, and each failed task is logged as "exception was never retrieved" when
-    collected (hundreds of tracebacks for one bad checkpoint, all repeating the error that the
-    caller already reported). This drops exactly those two kinds of message, from then on.
+    loop is closed')`` (reported as unraisable, or printed through ``sys.excepthook`` when it
+    surfaces in a callback of TensorStore's), and each failed task is logged as "exception was
+    never retrieved" when collected (hundreds of tracebacks for one bad checkpoint, all
+    repeating the error that the caller already reported). This drops exactly those messages,
+    from then on.
     """
     global _noise_silenced
     if _noise_silenced:
@@ -102,6 +104,14 @@ def _silence_abandoned_reads() -> None:
         previous(unraisable)
 
     sys.unraisablehook = hook
+    previous_excepthook = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous_excepthook(kind, value, traceback)
+
+    sys.excepthook = excepthook
 
 
 def _sync(name: str) -> None:

@@ -47,6 +47,22 @@ def output_paths(images: Sequence[str | Path], output: str | Path) -> list[tuple
     return paths
 
 
+def check_arguments(
+    images: Sequence[str | Path], output: str | Path, threshold: float
+) -> list[tuple[Path, Path]]:
+    """Checks ``predict``'s arguments before anything is read; returns the output paths.
+
+    Raises:
+      ValueError: no images, a threshold outside (0, 1) or NaN, or colliding output names (see
+        :func:`output_paths`), each naming the value or the files.
+    """
+    if not images:
+        raise ValueError("no images given")
+    if not 0.0 < threshold < 1.0:  # also rejects NaN
+        raise ValueError(f"threshold must be a probability in (0, 1); got {threshold!r}.")
+    return output_paths(images, output)
+
+
 def predict(
     workdir: str | Path,
     images: Sequence[str | Path],
@@ -75,11 +91,7 @@ def predict(
       ValueError: no images, a threshold outside (0, 1) or NaN, two images with the same
         output name, or an unreadable image (each message names the value or the file).
     """
-    if not images:
-        raise ValueError("no images given")
-    if not 0.0 < threshold < 1.0:  # also rejects NaN
-        raise ValueError(f"threshold must be a probability in (0, 1); got {threshold!r}.")
-    paths = output_paths(images, output)
+    paths = check_arguments(images, output, threshold)
     arrays = [read_image(p) for p in images]
     config, model, variables, mesh, _ = load_model(workdir, checkpoint=checkpoint)
     probs = predict_images(

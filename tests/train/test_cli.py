@@ -140,8 +140,8 @@ def test_every_cli_failure_is_one_line_naming_the_file_or_flag(tmp_path, capsys)
         (["train", "--workdir", "w", "--config", str(not_json)], str(not_json)),
         (["predict", "--workdir", str(run), "--output", str(a_file), "x.png"], "--output"),
         (["evaluate", "--workdir", str(run), "--output", str(a_file / "r")], str(a_file)),
-        (["plan", str(plans)], f"{plans / 'b.png'}: cannot read image"),
-        (["plan", str(empty)], f"{empty / 'a.png'}: cannot read image"),
+        (["plan", str(plans)], f"{plans / 'b.png'}: cannot decode image"),
+        (["plan", str(empty)], f"{empty / 'a.png'}: cannot decode image"),
     ]
     for argv, fragment in cases:
         assert main(argv) == 2, argv
