@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a config.json to start from instead of a preset")
     p.add_argument("--model", choices=("unet", "deeplabv3plus", "sinetv2", "nnunet"))
     p.add_argument("--ife", type=_ife, help="none, curvature or entropy")
-    p.add_argument("--ratios", type=_floats, help="IFE ratios, e.g. 0.5,0.5")
+    p.add_argument(
+        "--ratios", type=_floats, help="IFE ratios, shallow to deep, e.g. 0.75,0 (0: no IFE there)"
+    )
     p.add_argument("--widths", type=_ints, help="UNet widths, e.g. 8,16,32,64,128")
     p.add_argument("--dataset", help="e.g. synthetic/small, cosmos55k, dmis_folder/NAME")
     p.add_argument("--data-dir", help="TFDS data directory")

@@ -179,8 +179,11 @@ class NNUNetPlan:
         if len(set(self.ife_levels)) != len(self.ife_levels):
             raise ValueError(f"ife_levels {self.ife_levels!r} has repeated levels.")
         for r in self.ife_ratios:
-            if not 0.0 < r <= 1.0:
-                raise ValueError(f"ife_ratios {self.ife_ratios!r}: every ratio must be in (0, 1].")
+            if not 0.0 <= r <= 1.0:
+                raise ValueError(
+                    f"ife_ratios {self.ife_ratios!r}: every ratio must be in [0, 1] "
+                    "(0: no IFE on that skip)."
+                )
 
     @property
     def num_stages(self) -> int:

@@ -27,7 +27,8 @@ class TrainConfig:
     Attributes:
       model: network, one of ``MODELS``.
       ife: ``None`` (plain network), ``"curvature"`` or ``"entropy"``.
-      ratios: IFE ratios, shallow to deep; ``None`` takes the network's default.
+      ratios: IFE ratios, shallow to deep, each in [0, 1] (0 switches IFE off at that
+        insertion point); ``None`` takes the network's default.
       model_kwargs: extra keyword arguments of the network constructor (e.g. ``widths``).
       dataset: dataset name as ``tfds_cosmos.load`` takes it (``"synthetic/small"``,
         ``"cosmos55k"``, ``"dmis_folder/<name>"``, ...).
@@ -96,8 +97,8 @@ class TrainConfig:
             bad("model", f"must be one of {', '.join(MODELS)}")
         if self.ife not in IFE_CRITERIA:
             bad("ife", "must be None, 'curvature' or 'entropy'")
-        if self.ratios is not None and not all(0.0 < r <= 1.0 for r in self.ratios):
-            bad("ratios", "every ratio must lie in (0, 1]")
+        if self.ratios is not None and not all(0.0 <= r <= 1.0 for r in self.ratios):
+            bad("ratios", "every ratio must lie in [0, 1] (0: no IFE at that insertion point)")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
