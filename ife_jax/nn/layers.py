@@ -157,6 +157,5 @@ def check_ife(ife: str | None, ratios: tuple[float, ...], n: int, *, name: str) 
     for r in ratios:
         if not 0.0 <= float(r) <= 1.0:
             raise ValueError(
-                f"{name}: every ratio must lie in [0, 1] (0: no IFE at that point); "
-                f"got {ratios!r}."
+                f"{name}: every ratio must lie in [0, 1] (0: no IFE at that point); got {ratios!r}."
             )
