@@ -23,6 +23,7 @@ from ife_jax.train.config import TrainConfig
 from ife_jax.train.inference import dice, predict_images
 from ife_jax.train.models import build_model
 from ife_jax.train.plan import plan_for_run
+from ife_jax.train.pretrained import load_backbone, record_pretrained_backbone, with_backbone
 from ife_jax.train.state import (
     abstract_train_state,
     initialize,
@@ -87,6 +88,13 @@ def _check_config(config: TrainConfig, workdir: Path) -> None:
     elif _is_main():
         workdir.mkdir(parents=True, exist_ok=True)
         path.write_text(config.to_json() + "\n")
+
+
+def fresh_state(init, key: jax.Array, shardings, backbone=None):
+    """A new train state: ``init(key)`` placed as ``shardings``, its backbone variables then
+    replaced by ``backbone`` (from :func:`~ife_jax.train.pretrained.load_backbone`) if given."""
+    state = initialize(init, key, shardings)
+    return state if backbone is None else with_backbone(state, backbone, shardings)
 
 
 def default_inputs(config: TrainConfig):
@@ -160,6 +168,9 @@ def train_and_evaluate(
     """
     sharding_lib.maybe_initialize_distributed()
     workdir = Path(workdir).absolute()
+    config = record_pretrained_backbone(config)
+    # A backbone file that does not fit stops the run here, before anything is written.
+    backbone = load_backbone(config, (1, config.eval_size, config.eval_size, 3))
     _check_config(config, workdir)
     mesh = sharding_lib.make_mesh()
     sharding_lib.local_batch_size(config.batch_size, mesh)  # validates divisibility
@@ -181,10 +192,13 @@ def train_and_evaluate(
     log = MetricsLog(workdir / "metrics.jsonl")
     restored = checkpointer.restore(abstract)
     if restored is None:
-        state = initialize(init, init_key, shardings)
+        state = fresh_state(init, init_key, shardings, backbone)
         meta = {"best_val_dice": -1.0, "best_step": -1}
         log.truncate_after(0)
-        _log(f"training {config.model} (ife={config.ife}) from scratch in {workdir}")
+        start = "from scratch"
+        if config.pretrained_backbone is not None:
+            start = f"with the backbone of {config.pretrained_backbone}"
+        _log(f"training {config.model} (ife={config.ife}) {start} in {workdir}")
     else:
         state, data_state, meta = restored
         train_input.set_state(data_state)
