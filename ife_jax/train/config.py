@@ -55,7 +55,9 @@ class TrainConfig:
       optimizer: ``"adam"`` (the reference recipe) or ``"sgd"`` (SGD with momentum 0.9).
       learning_rate: the optimiser's initial learning rate.
       decay_factor: the learning rate is multiplied by this at each decay boundary.
-      decay_every_epochs: epochs between decays; ``None`` decays once, at half the epochs.
+      decay_every_epochs: epochs between decays (the reference's ``decay_epoch``; the rate of
+        0-based epoch ``e`` is ``learning_rate * decay_factor ** (e // decay_every_epochs)``);
+        ``None`` uses half the epochs.
       grad_clip_norm: global gradient-norm clip (``None``: no clipping).
       pretrained_backbone: a state dict (``.safetensors``, ``.npz`` or ``.pth``) the backbone
         starts from: torchvision ResNet-50/101 names for DeepLabV3+, Res2Net-50 v1b names for
