@@ -116,7 +116,7 @@ class NNUNetPlan:
       intensity: per-channel foreground statistics (needed by ``"ct"``).
       ife_levels: skip connections (0 = full resolution, ``len(features) - 2`` the deepest)
         that IFE enhances when the network is built with ``ife``.
-      ife_ratios: one ratio per entry of ``ife_levels``.
+      ife_ratios: one ratio per entry of ``ife_levels``, in [0, 1] (0: no IFE on that skip).
       deep_supervision: whether training also returns the lower-resolution decoder outputs.
       median_shape, num_images, memory_gb: the facts the plan was derived from (informative).
     """
