@@ -69,6 +69,7 @@ _OVERRIDES = {
     "max_train_examples": "max_train_examples",
     "max_eval_examples": "max_eval_examples",
     "num_workers": "num_workers",
+    "pretrained_backbone": "pretrained_backbone",
 }
 
 
@@ -82,8 +83,13 @@ def _train_config(args):
         except (OSError, ValueError) as err:  # missing, unreadable, not JSON, bad fields
             why = getattr(err, "strerror", None) or err
             raise ValueError(f"--config {args.config}: {why}") from None
+    elif args.preset:
+        config = preset(args.preset)
     else:
-        config = preset(args.preset or args.model or "unet")
+        # --model M --ife X without --ratios reproduces Table 1's M+X row.
+        name = args.model or "unet"
+        ife = getattr(args, "ife", None)
+        config = preset(f"{name}+{ife[0]}" if ife not in (None, "none") else name)
     changes = {}
     for flag, field in _OVERRIDES.items():
         value = getattr(args, flag, None)
@@ -202,13 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, figures)")
     p.add_argument(
         "--preset",
-        help="unet, deeplabv3plus, sinetv2, nnunet, tiny or demo "
-        "(default: the --model's reference recipe)",
+        help="unet, deeplabv3plus, sinetv2, nnunet, each also as NAME+c or NAME+e (Table 1's "
+        "IFE rows), tiny or demo (default: the --model's reference recipe, with --ife the "
+        "ratios of its Table 1 row)",
     )
     p.add_argument("--config", help="a config.json to start from instead of a preset")
     p.add_argument("--model", choices=("unet", "deeplabv3plus", "sinetv2", "nnunet"))
     p.add_argument("--ife", type=_ife, help="none, curvature or entropy")
-    p.add_argument("--ratios", type=_floats, help="IFE ratios, e.g. 0.5,0.5")
+    p.add_argument(
+        "--ratios", type=_floats, help="IFE ratios, shallow to deep, e.g. 0.75,0 (0: no IFE there)"
+    )
     p.add_argument("--widths", type=_ints, help="UNet widths, e.g. 8,16,32,64,128")
     p.add_argument("--dataset", help="e.g. synthetic/small, cosmos55k, dmis_folder/NAME")
     p.add_argument("--data-dir", help="TFDS data directory")
@@ -226,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-examples", type=int)
     p.add_argument("--max-eval-examples", type=int)
     p.add_argument("--num-workers", type=int)
+    p.add_argument(
+        "--pretrained-backbone",
+        metavar="PATH",
+        help="start the backbone from this state dict (.safetensors, .npz or .pth): "
+        "torchvision ResNet-50/101 for deeplabv3plus, Res2Net-50 v1b for sinetv2",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 

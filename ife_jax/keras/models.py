@@ -50,6 +50,7 @@ def unet(
     the skip features c2 (ratio ``ratios[0]``) and c3 (ratio ``ratios[1]``) before their
     concatenation, raw channels first, so the decoder stages that consume them take
     ``w2 * (2 + r0)`` and ``w3 * (2 + r1)`` input channels (the reference's insertion points).
+    A ratio of 0 leaves that skip without IFE (no ``IFELayer`` there, ``2 w`` channels).
 
     Layers are named after the Flax :class:`ife_jax.nn.UNet`'s modules (``down1_block0_conv``,
     ``down1_block0_bn``, ..., ``up1``, ``dec1_block0_conv``, ..., ``head``; ``ife_c2``,
@@ -65,7 +66,7 @@ def unet(
       input_shape: (H, W, C_in); H and W may be None. Known H and W must be divisible by 16
         (more generally by ``2 ** (len(widths) - 1)``).
       ife: ``None``, ``"curvature"`` or ``"entropy"``.
-      ratios: the IFE ratios on c2 and c3, each in (0, 1].
+      ratios: the IFE ratios on c2 and c3, each in [0, 1] (0: no IFE on that skip).
       widths: the five stage widths.
       num_classes: output channels (1 for dichotomous segmentation).
       bins, entropy_mode: passed to :class:`ife_jax.keras.IFELayer`.
@@ -78,7 +79,7 @@ def unet(
       A ``keras.Model`` mapping (B, H, W, C_in) images to (B, H, W, num_classes) logits.
 
     Raises:
-      ValueError: an unknown ``ife``, ratios not of length 2 or outside (0, 1], widths not five
+      ValueError: an unknown ``ife``, ratios not of length 2 or outside [0, 1], widths not five
         positive integers, or a known H or W not divisible by the total stride.
 
     Example:
@@ -89,8 +90,8 @@ def unet(
     if ife not in (None, "curvature", "entropy"):
         raise ValueError(f"ife must be None, 'curvature' or 'entropy'; got {ife!r}.")
     ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 2 or not all(0.0 < r <= 1.0 for r in ratios):
-        raise ValueError(f"ratios must be two numbers in (0, 1]; got {ratios!r}.")
+    if len(ratios) != 2 or not all(0.0 <= r <= 1.0 for r in ratios):
+        raise ValueError(f"ratios must be two numbers in [0, 1]; got {ratios!r}.")
     widths = tuple(widths)
     if len(widths) != 5 or not all(isinstance(w, int) and w > 0 for w in widths):
         raise ValueError(f"widths must be five positive integers; got {widths!r}.")
@@ -123,6 +124,8 @@ def unet(
 
     if ife is not None:
         for level, ratio in zip((1, 2), ratios, strict=True):  # c2 and c3
+            if ratio == 0:
+                continue
             skips[level] = IFELayer(
                 ife,
                 ratio=ratio,

@@ -15,7 +15,7 @@ from ife_jax.nn.layers import (
     conv,
     resize_bilinear_align_corners,
 )
-from ife_jax.nn.resnet import RESNET_BLOCKS, ResNet
+from ife_jax.nn.resnet import MULTI_GRID, RESNET_BLOCKS, ResNet
 
 
 class ASPP(nn.Module):
@@ -51,23 +51,29 @@ class ASPP(nn.Module):
 class DeepLabV3Plus(nn.Module):
     """DeepLabV3+ (Chen et al. 2018) with Instructive Feature Enhancement in the decoder.
 
-    ResNet backbone (torchvision layout) at ``output_stride`` 16 or 8; ASPP with dilations
+    ResNet backbone (torchvision layout) at ``output_stride`` 16 or 8, layer4 with the
+    multi-grid dilations of the reference (2, 4, 8 at stride 16; 4, 8, 16 at 8); ASPP with dilations
     6/12/18 (doubled at stride 8). Decoder: layer1 -> 1x1 conv to 48 + BN + ReLU (low level);
     with ``ife`` set, IFE(``ratios[0]``) on the low-level features and IFE(``ratios[1]``) on
     the ASPP output, both ``[top_k(f), f]`` (selected first); the ASPP output is upsampled
     bilinearly (corners aligned) to the low-level size, concatenated ``[aspp, low]``, then
     3x3 conv 256 + BN + ReLU + dropout 0.5, 3x3 conv 256 + BN + ReLU + dropout 0.1, 1x1 conv
     to the logits and a bilinear upsampling to the input size. IFE changes only the first
-    decoder conv's input, ``48 (1 + r0) + 256 (1 + r1)`` channels instead of 304.
+    decoder conv's input, ``48 (1 + r0) + 256 (1 + r1)`` channels instead of 304. A ratio of 0
+    leaves that input without IFE: ``ratios=(0.75, 0.0)`` (the authors' test script) enhances
+    the low-level features only.
 
     Attributes:
       num_classes: logit channels.
       backbone: ``"resnet50"`` or ``"resnet101"``.
       output_stride: 16 or 8.
       ife: ``None``, ``"curvature"`` or ``"entropy"``.
-      ratios: (r0, r1) for the low-level and the ASPP features.
+      ratios: (r0, r1) for the low-level and the ASPP features, each in [0, 1] (0: no IFE there).
       entropy_mode, bins: passed to the entropy criterion.
       base_width: the backbone's first bottleneck width (64 for the real network).
+      multi_grid: layer4's unit rates (:data:`~ife_jax.nn.resnet.MULTI_GRID`, the reference's),
+        or ``None`` for torchvision's dilation layout (1, 2, 2 at stride 16), e.g. to match a
+        torchvision segmentation model. Either way the parameters are the same.
       aspp_features, low_level_features, decoder_features: 256, 48, 256 in the reference.
       dtype: compute dtype; param_dtype: parameter dtype.
 
@@ -84,6 +90,7 @@ class DeepLabV3Plus(nn.Module):
     entropy_mode: str = "paper"
     bins: int = 256
     base_width: int = 64
+    multi_grid: tuple[int, ...] | None = MULTI_GRID
     aspp_features: int = 256
     low_level_features: int = 48
     decoder_features: int = 256
@@ -106,7 +113,7 @@ class DeepLabV3Plus(nn.Module):
         if self.output_stride not in (8, 16):
             raise ValueError(f"{name}: output_stride must be 8 or 16; got {self.output_stride!r}.")
         check_input(x, stride=self.stride, name=name)
-        if self.ife is not None and min(x.shape[1:3]) < 3 * self.stride:
+        if self.ife is not None and self.ratios[1] > 0 and min(x.shape[1:3]) < 3 * self.stride:
             raise ValueError(
                 f"{name}: with IFE the input must be at least {3 * self.stride} pixels on each "
                 f"side (IFE needs 3 x 3 ASPP features); got {x.shape[1]} x {x.shape[2]}."
@@ -116,7 +123,12 @@ class DeepLabV3Plus(nn.Module):
         x = x.astype(self.dtype)
 
         low, _, _, deep = ResNet(
-            self.backbone, self.output_stride, self.base_width, name="backbone", **kw
+            self.backbone,
+            self.output_stride,
+            self.base_width,
+            multi_grid=None if self.multi_grid is None else tuple(self.multi_grid),
+            name="backbone",
+            **kw,
         )(x, train)
         scale = 16 // self.output_stride
         aspp = ASPP(
@@ -129,8 +141,10 @@ class DeepLabV3Plus(nn.Module):
                 criterion=self.ife, order="selected_first", bins=self.bins,
                 entropy_mode=self.entropy_mode,
             )  # fmt: skip
-            low = IFE(ratio=float(self.ratios[0]), name="ife_low", **ife)(low)
-            aspp = IFE(ratio=float(self.ratios[1]), name="ife_aspp", **ife)(aspp)
+            if self.ratios[0] > 0:
+                low = IFE(ratio=float(self.ratios[0]), name="ife_low", **ife)(low)
+            if self.ratios[1] > 0:
+                aspp = IFE(ratio=float(self.ratios[1]), name="ife_aspp", **ife)(aspp)
 
         aspp = resize_bilinear_align_corners(aspp, low.shape[1:3])
         y = jnp.concatenate([aspp, low], axis=-1)

@@ -7,7 +7,8 @@ stage below with a transposed convolution (kernel = stride), concatenates the sk
 encoder stage ``s`` (``[up, skip]``), and applies ``decoder_convs`` blocks; a 1x1 convolution
 head gives the logits. With ``ife`` set, the skips listed in ``plan.ife_levels`` are enhanced
 first (raw channels first, then the selected ones, as in the reference UNet), so that decoder
-stage's first convolution takes ``2 F + int(r F)`` channels.
+stage's first convolution takes ``2 F + int(r F)`` channels; a ratio of 0 leaves that skip
+without IFE.
 
 Deep supervision follows nnU-Net: decoder stage ``i`` has the loss weight ``2^-i``, the
 coarsest decoder stage gets 0, and the weights are normalised to sum to 1. The zero-weight
@@ -134,14 +135,14 @@ class NNUNet(nn.Module):
                 f, stride, strides=stride, padding="VALID", kernel_init=he_init, name=f"up{s}", **kw
             )(x)
             skip = skips.pop()
-            if self.ife is not None and s in plan.ife_levels:
+            r = plan.ife_ratios[plan.ife_levels.index(s)] if s in plan.ife_levels else 0.0
+            if self.ife is not None and r > 0:
                 if min(skip.shape[1:3]) < 3:
                     raise ValueError(
                         f"NNUNet: IFE on skip level {s} needs its feature map to be at least "
                         f"3 x 3; got {skip.shape[1]} x {skip.shape[2]} (a larger input or "
                         "other ife_levels)."
                     )
-                r = plan.ife_ratios[plan.ife_levels.index(s)]
                 ife = IFE(self.ife, r, "raw_first", entropy_mode=self.entropy_mode, name=f"ife{s}")
                 skip = ife(skip)
             x = jnp.concatenate([x, skip], -1)

@@ -115,7 +115,7 @@ class NNUNetPlan:
       intensity: per-channel foreground statistics (needed by ``"ct"``).
       ife_levels: skip connections (0 = full resolution, ``len(features) - 2`` the deepest)
         that IFE enhances when the network is built with ``ife``.
-      ife_ratios: one ratio per entry of ``ife_levels``.
+      ife_ratios: one ratio per entry of ``ife_levels``, in [0, 1] (0: no IFE on that skip).
       deep_supervision: whether training also returns the lower-resolution decoder outputs.
       median_shape, num_images, memory_gb: the facts the plan was derived from (informative).
     """
@@ -178,8 +178,11 @@ class NNUNetPlan:
         if len(set(self.ife_levels)) != len(self.ife_levels):
             raise ValueError(f"ife_levels {self.ife_levels!r} has repeated levels.")
         for r in self.ife_ratios:
-            if not 0.0 < r <= 1.0:
-                raise ValueError(f"ife_ratios {self.ife_ratios!r}: every ratio must be in (0, 1].")
+            if not 0.0 <= r <= 1.0:
+                raise ValueError(
+                    f"ife_ratios {self.ife_ratios!r}: every ratio must be in [0, 1] "
+                    "(0: no IFE on that skip)."
+                )
 
     @property
     def num_stages(self) -> int:

@@ -13,7 +13,9 @@ Architecture (NHWC, flax.linen):
 With ``ife`` set, IFE (ratios ``r`` per TEM output, selected channels first as the reference
 does) enhances the three TEM outputs, and only the reverse stages consume the enhanced
 features, through a new 3x3 convolution from ``channels + int(r * channels)`` back to
-``channels``; the NCD keeps the raw features, so ``S_g`` does not depend on IFE.
+``channels``; the NCD keeps the raw features, so ``S_g`` does not depend on IFE. A ratio of
+0 switches IFE off at that TEM output: its reverse stage then takes the raw features directly,
+without the extra convolution.
 
 Outputs (logits, all at input resolution): ``(S_g, S_5, S_4, S_3)`` in training mode (the
 loss is summed over all four, weights in :attr:`SINetV2.output_weights`), the final ``S_3``
@@ -200,8 +202,8 @@ class SINetV2(nn.Module):
     Attributes:
       num_classes: must be 1 (SINetV2's maps are single-channel logits).
       ife: ``None``, ``"curvature"`` or ``"entropy"``.
-      ratios: IFE ratios for the TEM outputs of stages 2, 3 and 4 (shallow to deep). A ratio of
-        1.0 appends all channels, reordered by score.
+      ratios: IFE ratios for the TEM outputs of stages 2, 3 and 4 (shallow to deep), each in
+        [0, 1]. A ratio of 1.0 appends all channels, reordered by score; 0 means no IFE there.
       channels: TEM/decoder width (32; a multiple of 8).
       entropy_mode: see :func:`ife_jax.entropy_scores`.
       blocks, planes: backbone size (Res2Net-50: (3, 4, 6, 3), 64); smaller for tests.
@@ -259,7 +261,7 @@ class SINetV2(nn.Module):
         s_g = NCD(self.channels, name="NCD", **kw)(t4, t3, t2, train)
 
         def enhance(t, ratio, name):
-            if self.ife is None:
+            if self.ife is None or ratio == 0:
                 return t
             order = "selected_first"
             return IFE(self.ife, float(ratio), order, entropy_mode=self.entropy_mode, name=name)(t)
@@ -267,14 +269,17 @@ class SINetV2(nn.Module):
         e2 = enhance(t2, self.ratios[0], "ife2")
         e3 = enhance(t3, self.ratios[1], "ife3")
         e4 = enhance(t4, self.ratios[2], "ife4")
-        rs = dict(channels=self.channels, enhanced=self.ife is not None, **kw)
+
+        def stage(ratio, name):
+            enhanced = self.ife is not None and ratio > 0
+            return ReverseStage(self.channels, enhanced=enhanced, name=name, **kw)
 
         guidance = _resize(s_g, t4.shape[1:3])
-        s_5 = ReverseStage(name="RS5", **rs)(e4, guidance) + guidance
+        s_5 = stage(self.ratios[2], "RS5")(e4, guidance) + guidance
         guidance = _resize(s_5, t3.shape[1:3])
-        s_4 = ReverseStage(name="RS4", **rs)(e3, guidance) + guidance
+        s_4 = stage(self.ratios[1], "RS4")(e3, guidance) + guidance
         guidance = _resize(s_4, t2.shape[1:3])
-        s_3 = ReverseStage(name="RS3", **rs)(e2, guidance) + guidance
+        s_3 = stage(self.ratios[0], "RS3")(e2, guidance) + guidance
 
         if not train:
             return _resize(s_3, size)

@@ -18,13 +18,15 @@ class UNet(nn.Module):
     conv, concatenation with the skip, double conv; a 1x1 conv gives the logits. With ``ife``
     set, the skips c2 and c3 are enhanced as ``[c, top_k(c)]`` (raw first) with ratios
     ``ratios[0]`` and ``ratios[1]``, so the decoder blocks that consume them take
-    ``w3 * (2 + r1)`` and ``w2 * (2 + r0)`` channels. With the default widths, 3 input
+    ``w3 * (2 + r1)`` and ``w2 * (2 + r0)`` channels; a ratio of 0 leaves that skip without
+    IFE (and its decoder block at ``2 w``). With the default widths, 3 input
     channels and ``ife=None`` it has 31,043,521 parameters.
 
     Attributes:
       num_classes: logit channels.
       ife: ``None`` (plain UNet), ``"curvature"`` or ``"entropy"``.
-      ratios: (r0, r1), the fraction of channels IFE appends to c2 and c3.
+      ratios: (r0, r1), the fraction of channels IFE appends to c2 and c3, each in [0, 1]
+        (0: no IFE on that skip).
       widths: the five encoder widths.
       entropy_mode, bins: passed to the entropy criterion (see :func:`ife_jax.entropy_scores`).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: parameter dtype.
@@ -65,6 +67,8 @@ class UNet(nn.Module):
 
         if self.ife is not None:
             for level, ratio in ((1, self.ratios[0]), (2, self.ratios[1])):  # c2, c3
+                if ratio == 0:
+                    continue
                 skips[level] = IFE(
                     criterion=self.ife,
                     ratio=float(ratio),

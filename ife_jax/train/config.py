@@ -1,9 +1,11 @@
 """The training configuration: one typed dataclass and the presets of the reference recipe.
 
 The presets reproduce the published training recipe of each network (Adam 1e-4, the learning
-rate divided by 10 at half the epochs, gradient-norm clipping at 1.0, each batch resized to one
-of six training sizes, evaluation at 224 x 224, the structure loss). ``tiny`` and ``demo`` are
-small variants for smoke tests and the built-in demonstration.
+rate divided by 10 every half of the reference's epochs, gradient-norm clipping at 1.0, each
+batch resized to one of six training sizes, evaluation at 224 x 224, the structure loss).
+``NAME+c`` and ``NAME+e`` add curvature or entropy IFE with the ratios of the network's Table 1
+row (:data:`TABLE1_RATIOS`). ``tiny`` and ``demo`` are small variants for smoke tests and the
+built-in demonstration.
 """
 
 from __future__ import annotations
@@ -22,6 +24,19 @@ PRECISIONS = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "sgd")
 #: The reference's six training sizes: each batch is resized to one of them.
 REFERENCE_TRAIN_SIZES = (224, 256, 288, 320, 352, 384)
+#: Networks whose backbone can start from a state dict (``pretrained_backbone``).
+PRETRAINED_BACKBONES = {"deeplabv3plus": "ResNet-50/101", "sinetv2": "Res2Net-50 v1b"}
+#: The IFE ratios of each Table 1 row of the paper, per network and criterion (shallow to deep).
+#: UNet: Table 1's +C and +E rows are the (0.75, 0.50) and (0.50, 0.50) rows of Table 2.
+#: DeepLabV3+: the paper puts IFE on the low-level features only (Sec. 3), as the authors'
+#: DeepLabV3+ test script builds it (ratios [0.75, 0]). SINetV2: the reference's defaults.
+#: nnU-Net takes its ratios from the plan (0.5 on the two middle skips; no code was published).
+TABLE1_RATIOS: dict[str, dict[str, tuple[float, ...] | None]] = {
+    "unet": {"curvature": (0.75, 0.5), "entropy": (0.5, 0.5)},
+    "deeplabv3plus": {"curvature": (0.75, 0.0), "entropy": (0.75, 0.0)},
+    "sinetv2": {"curvature": (0.75, 0.75, 1.0), "entropy": (0.75, 0.75, 1.0)},
+    "nnunet": {"curvature": None, "entropy": None},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +46,8 @@ class TrainConfig:
     Attributes:
       model: network, one of ``MODELS``.
       ife: ``None`` (plain network), ``"curvature"`` or ``"entropy"``.
-      ratios: IFE ratios, shallow to deep; ``None`` takes the network's default.
+      ratios: IFE ratios, shallow to deep, each in [0, 1] (0 switches IFE off at that
+        insertion point); ``None`` takes the network's default.
       model_kwargs: extra keyword arguments of the network constructor (e.g. ``widths``).
       dataset: dataset name as ``tfds_cosmos.load`` takes it (``"synthetic/small"``,
         ``"cosmos55k"``, ``"dmis_folder/<name>"``, ...).
@@ -43,8 +59,15 @@ class TrainConfig:
       optimizer: ``"adam"`` (the reference recipe) or ``"sgd"`` (SGD with momentum 0.9).
       learning_rate: the optimiser's initial learning rate.
       decay_factor: the learning rate is multiplied by this at each decay boundary.
-      decay_every_epochs: epochs between decays; ``None`` decays once, at half the epochs.
+      decay_every_epochs: epochs between decays (the reference's ``decay_epoch``; the rate of
+        0-based epoch ``e`` is ``learning_rate * decay_factor ** (e // decay_every_epochs)``);
+        ``None`` uses half the epochs.
       grad_clip_norm: global gradient-norm clip (``None``: no clipping).
+      pretrained_backbone: a state dict (``.safetensors``, ``.npz`` or ``.pth``) the backbone
+        starts from: torchvision ResNet-50/101 names for DeepLabV3+, Res2Net-50 v1b names for
+        SINetV2 (:data:`PRETRAINED_BACKBONES`); ``None`` starts from random weights.
+      pretrained_backbone_sha256: the SHA-256 of that file, filled in when a run starts (a run
+        given a value checks the file against it).
       train_sizes: square sizes each training batch is resized to (one per batch, at random).
       eval_size: square size of the evaluation transform.
       precision: compute dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
@@ -72,6 +95,8 @@ class TrainConfig:
     decay_factor: float = 0.1
     decay_every_epochs: int | None = None
     grad_clip_norm: float | None = 1.0
+    pretrained_backbone: str | None = None
+    pretrained_backbone_sha256: str | None = None
     train_sizes: tuple[int, ...] = REFERENCE_TRAIN_SIZES
     eval_size: int = 224
     precision: str = "float32"
@@ -101,8 +126,8 @@ class TrainConfig:
             bad("model", f"must be one of {', '.join(MODELS)}")
         if self.ife not in IFE_CRITERIA:
             bad("ife", "must be None, 'curvature' or 'entropy'")
-        if self.ratios is not None and not all(0.0 < r <= 1.0 for r in self.ratios):
-            bad("ratios", "every ratio must lie in (0, 1]")
+        if self.ratios is not None and not all(0.0 <= r <= 1.0 for r in self.ratios):
+            bad("ratios", "every ratio must lie in [0, 1] (0: no IFE at that insertion point)")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
@@ -120,6 +145,14 @@ class TrainConfig:
             bad("decay_factor", "must lie in (0, 1]")
         if self.decay_every_epochs is not None and self.decay_every_epochs < 1:
             bad("decay_every_epochs", "must be >= 1 or None")
+        if self.pretrained_backbone is not None and self.model not in PRETRAINED_BACKBONES:
+            bad(
+                "pretrained_backbone",
+                f"only {', '.join(PRETRAINED_BACKBONES)} have a pretrained backbone "
+                f"({', '.join(PRETRAINED_BACKBONES.values())}); model={self.model!r} has none",
+            )
+        if self.pretrained_backbone_sha256 is not None and self.pretrained_backbone is None:
+            bad("pretrained_backbone_sha256", "is set but pretrained_backbone is not")
         if self.grad_clip_norm is not None and not (
             math.isfinite(self.grad_clip_norm) and self.grad_clip_norm > 0
         ):
@@ -132,10 +165,18 @@ class TrainConfig:
                 bad(name, "must be >= 1 or None")
 
     @property
+    def decay_every(self) -> int:
+        """Epochs between decays: ``decay_every_epochs``, or half the epochs when it is None."""
+        return self.decay_every_epochs or max(1, self.epochs // 2)
+
+    @property
     def decay_epochs(self) -> tuple[int, ...]:
         """Epochs (0-based, at their start) where the learning rate is multiplied by the factor."""
-        every = self.decay_every_epochs or max(1, self.epochs // 2)
-        return tuple(range(every, self.epochs, every))
+        return tuple(range(self.decay_every, self.epochs, self.decay_every))
+
+    def epoch_learning_rate(self, epoch: int) -> float:
+        """The reference's rate of 0-based ``epoch``: ``lr * decay ** (epoch // decay_every)``."""
+        return self.learning_rate * self.decay_factor ** (epoch // self.decay_every)
 
     def replace(self, **changes) -> TrainConfig:
         """A copy with ``changes`` applied (validated)."""
@@ -198,19 +239,37 @@ def _check_types(config: TrainConfig) -> None:
             )
 
 
-def _reference(model: str, epochs: int, batch_size: int, **model_kwargs) -> TrainConfig:
-    return TrainConfig(model=model, epochs=epochs, batch_size=batch_size, model_kwargs=model_kwargs)
+def _reference(
+    model: str, epochs: int, decay_every: int, batch_size: int, **model_kwargs
+) -> TrainConfig:
+    return TrainConfig(
+        model=model,
+        epochs=epochs,
+        decay_every_epochs=decay_every,
+        batch_size=batch_size,
+        model_kwargs=model_kwargs,
+    )
 
 
-#: The published recipe per network, then the small variants.
-PRESETS: dict[str, TrainConfig] = {
-    # UNet: 100 epochs, decay at 50, batch 16 in the reference code (32 in the paper).
-    "unet": _reference("unet", 100, 16),
-    # DeepLabV3+ (ResNet-101, as the reference) and SINetV2: 60 epochs, decay at 30, batch 32.
-    "deeplabv3plus": _reference("deeplabv3plus", 60, 32, backbone="resnet101"),
-    "sinetv2": _reference("sinetv2", 60, 32),
+#: The published recipe per network.
+_REFERENCE = {
+    # UNet: 100 epochs, decay every 50, batch 16 in the reference code (32 in the paper).
+    "unet": _reference("unet", 100, 50, 16),
+    # DeepLabV3+ (ResNet-101, as the reference) and SINetV2: 60 epochs, decay every 30, batch 32.
+    "deeplabv3plus": _reference("deeplabv3plus", 60, 30, 32, backbone="resnet101"),
+    "sinetv2": _reference("sinetv2", 60, 30, 32),
     # nnUNet: not published with IFE; the UNet recipe (its plan fixes the network).
-    "nnunet": _reference("nnunet", 100, 16),
+    "nnunet": _reference("nnunet", 100, 50, 16),
+}
+
+#: The published recipe per network, with Table 1's IFE variants, then the small variants.
+PRESETS: dict[str, TrainConfig] = {
+    **_REFERENCE,
+    **{
+        f"{name}+{ife[0]}": config.replace(ife=ife, ratios=TABLE1_RATIOS[name][ife])
+        for name, config in _REFERENCE.items()
+        for ife in ("curvature", "entropy")
+    },
     # A few seconds on a CPU: a narrow UNet on a handful of 32 x 32 synthetic images.
     "tiny": TrainConfig(
         model="unet",

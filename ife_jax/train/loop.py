@@ -25,6 +25,7 @@ from ife_jax.train.config import TrainConfig
 from ife_jax.train.inference import dice, predict_images
 from ife_jax.train.models import build_model
 from ife_jax.train.plan import plan_for_run
+from ife_jax.train.pretrained import load_backbone, record_pretrained_backbone, with_backbone
 from ife_jax.train.state import (
     abstract_train_state,
     initialize,
@@ -126,6 +127,13 @@ def _prepare_workdir(workdir: str | Path) -> Path:
     return workdir
 
 
+def fresh_state(init, key: jax.Array, shardings, backbone=None):
+    """A new train state: ``init(key)`` placed as ``shardings``, its backbone variables then
+    replaced by ``backbone`` (from :func:`~ife_jax.train.pretrained.load_backbone`) if given."""
+    state = initialize(init, key, shardings)
+    return state if backbone is None else with_backbone(state, backbone, shardings)
+
+
 def default_inputs(config: TrainConfig):
     """The training input and the validation examples of ``config.dataset`` (TFDS)."""
     from ife_jax.train.datasets import load_inputs
@@ -198,13 +206,18 @@ def train_and_evaluate(
       ValueError: when ``workdir`` holds another run, or cannot be written.
     """
     sharding_lib.maybe_initialize_distributed()
+    config = record_pretrained_backbone(config)
+    # A backbone file that does not fit stops the run here, before anything is written.
+    backbone = load_backbone(config, (1, config.eval_size, config.eval_size, 3))
     workdir = _prepare_workdir(workdir)
     # Process 0 writes the workdir, so it alone holds the lock.
     with WorkdirLock(workdir) if _is_main() else contextlib.nullcontext():
-        return _train(config, workdir, inputs=inputs, progress=progress)
+        return _train(config, workdir, inputs=inputs, progress=progress, backbone=backbone)
 
 
-def _train(config: TrainConfig, workdir: Path, *, inputs: Callable | None, progress: bool):
+def _train(
+    config: TrainConfig, workdir: Path, *, inputs: Callable | None, progress: bool, backbone
+):
     _check_config(config, workdir)
     resuming = has_checkpoints(workdir)
     mesh = sharding_lib.make_mesh()
@@ -230,10 +243,13 @@ def _train(config: TrainConfig, workdir: Path, *, inputs: Callable | None, progr
     log = MetricsLog(workdir / "metrics.jsonl")
     restored = checkpointer.restore(abstract)
     if restored is None:
-        state = initialize(init, init_key, shardings)
+        state = fresh_state(init, init_key, shardings, backbone)
         meta = {"best_val_dice": -1.0, "best_step": -1}
         log.truncate_after(0)
-        _log(f"training {config.model} (ife={config.ife}) from scratch in {workdir}")
+        start = "from scratch"
+        if config.pretrained_backbone is not None:
+            start = f"with the backbone of {config.pretrained_backbone}"
+        _log(f"training {config.model} (ife={config.ife}) {start} in {workdir}")
     else:
         state, data_state, meta = restored
         train_input.set_state(data_state)

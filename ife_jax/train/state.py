@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh
@@ -40,9 +41,21 @@ class TrainState:
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """Step decay: ``learning_rate * decay_factor ** (number of decay epochs passed)``."""
-    boundaries = {int(e * steps_per_epoch): config.decay_factor for e in config.decay_epochs}
-    return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+    """The reference's step decay, per optimiser step (0-based).
+
+    ``lr(step) = learning_rate * decay_factor ** (epoch // decay_every)`` with
+    ``epoch = step // steps_per_epoch`` counted from 0, as the reference sets it at the start
+    of each epoch. The per-epoch rates are computed in float64 (:meth:`TrainConfig.
+    epoch_learning_rate`) and rounded once to float32, so no error accumulates over decays.
+    """
+    rates = np.float32([config.epoch_learning_rate(e) for e in range(config.epochs)])
+    table = jnp.asarray(rates)
+
+    def schedule(step):
+        epoch = jnp.clip(jnp.asarray(step) // steps_per_epoch, 0, config.epochs - 1)
+        return table[epoch]
+
+    return schedule
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:

@@ -53,6 +53,16 @@ def test_reference_parameter_count_and_ife_channel_arithmetic():
     assert {type(l).__name__ for l in plain.layers}.isdisjoint({"IFELayer"})
 
 
+def test_ratio_zero_leaves_that_skip_without_ife():
+    with keras.StatelessScope(initialize_variables=False):
+        model = unet(ife="entropy", ratios=(0.5, 0.0))
+    # c2 gains int(0.5 * 128) = 64 channels (+ 9 * 64 * 128 weights in dec3's first conv); c3
+    # keeps 256, so dec2 takes 2 * 256: the Flax UNet's count for the same ratios.
+    assert trainable_count(model) == 31_043_521 + 9 * 64 * 128 == 31_117_249
+    assert [l.name for l in model.layers if isinstance(l, IFELayer)] == ["ife_c2"]
+    assert model.get_layer("dec2_block0_conv").kernel.shape == (3, 3, 256 * 2, 256)
+
+
 def test_ife_sits_on_the_c2_and_c3_skips():
     with keras.StatelessScope(initialize_variables=False):
         model = unet((64, 48, 1), ife="curvature", ratios=(0.25, 0.75), widths=TINY)
@@ -69,7 +79,8 @@ def test_ife_sits_on_the_c2_and_c3_skips():
     [
         (dict(ife="variance"), "ife"),
         (dict(ratios=(0.5,)), "ratios"),
-        (dict(ratios=(0.5, 0.0)), "ratios"),
+        (dict(ratios=(0.5, -0.1)), "ratios"),
+        (dict(ratios=(1.5, 0.5)), "ratios"),
         (dict(widths=(4, 8, 16)), "widths"),
         (dict(input_shape=(40, 32, 3)), "divisible by 16"),
     ],

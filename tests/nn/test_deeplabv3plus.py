@@ -1,11 +1,14 @@
 """DeepLabV3+: parameter counts, shapes, IFE insertion (selected first), train/eval modes."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ife_jax import curvature_scores
+from ife_jax.losses import structure_loss
 from ife_jax.nn import DeepLabV3Plus, ResNet, enhanced_channels
 
 TINY = dict(base_width=4, aspp_features=8, low_level_features=8, decoder_features=8)
@@ -71,8 +74,106 @@ def test_parameter_counts(backbone, ife, expected):
     assert count == resnet + ASPP_PARAMS + DECODER_PARAMS + 9 * 256 * extra
 
 
-def test_output_stride_does_not_change_the_count():
-    assert n_params(DeepLabV3Plus(output_stride=8)) == 40_347_041
+def test_output_stride_and_dilation_layout_do_not_change_the_count():
+    for output_stride in (16, 8):
+        for multi_grid in ((1, 2, 4), None):
+            model = DeepLabV3Plus(output_stride=output_stride, multi_grid=multi_grid)
+            assert n_params(model) == 40_347_041
+
+
+def conv2_dilations(model, shape=(1, 64, 64, 3)):
+    """{block name: dilation of its 3x3 conv} as the traced network applies it."""
+    seen = {}
+
+    def record(call, args, kwargs, context):
+        m = context.module
+        if isinstance(m, nn.Conv) and m.name == "conv2" and context.method_name == "__call__":
+            assert m.kernel_dilation[0] == m.kernel_dilation[1]
+            seen[m.path[-2]] = m.kernel_dilation[0]
+        return call(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        abstract_variables(model, shape)
+    return seen
+
+
+def blocks(rates_per_stage):
+    return {
+        f"layer{s + 1}_{b}": rate
+        for s, rates in enumerate(rates_per_stage)
+        for b, rate in enumerate(rates)
+    }
+
+
+# ResNet-50 has 3, 4, 6 and 3 bottlenecks per stage. Multi-grid (1, 2, 4) times layer4's stage
+# dilation (2 at stride 16, 4 at stride 8); torchvision's first dilated block keeps the
+# previous dilation. Layer3 is dilated (by 2) at stride 8 only, in torchvision's layout.
+ONES = ((1,) * 3, (1,) * 4, (1,) * 6)
+DILATIONS = {
+    (16, (1, 2, 4)): (*ONES, (2, 4, 8)),
+    (8, (1, 2, 4)): (*ONES[:2], (1, 2, 2, 2, 2, 2), (4, 8, 16)),
+    (16, None): (*ONES, (1, 2, 2)),
+    (8, None): (*ONES[:2], (1, 2, 2, 2, 2, 2), (2, 4, 4)),
+}
+
+
+@pytest.mark.parametrize(("output_stride", "multi_grid"), list(DILATIONS))
+def test_every_block_dilation(output_stride, multi_grid):
+    expected = blocks(DILATIONS[output_stride, multi_grid])
+    model = DeepLabV3Plus(output_stride=output_stride, multi_grid=multi_grid, **TINY)
+    assert conv2_dilations(model) == expected
+    resnet = ResNet(output_stride=output_stride, multi_grid=multi_grid)
+    assert blocks(resnet.block_dilations()) == expected
+
+
+def test_multi_grid_is_the_deeplab_default_and_torchvision_the_resnet_default():
+    assert DeepLabV3Plus().multi_grid == (1, 2, 4)
+    assert blocks(ResNet().block_dilations()) == blocks(DILATIONS[16, None])
+    # Stride 32 dilates nothing, with or without multi-grid.
+    for multi_grid in (None, (1, 2, 4)):
+        assert set(ResNet(output_stride=32, multi_grid=multi_grid).block_dilations()[3]) == {1}
+
+
+# IFE on the low-level features only (the authors' DeepLabV3+ test script): the first decoder
+# conv takes 48 + int(0.75 * 48) = 84 low-level and 256 ASPP channels, 340 instead of 304, so
+# it gains 9 * 256 * 36 = 82,944 weights over the plain 40,347,041.
+def test_ratio_zero_switches_ife_off_at_that_point():
+    model = DeepLabV3Plus(ife="entropy", ratios=(0.75, 0.0))
+    assert n_params(model) == 40_347_041 + 9 * 256 * 36 == 40_429_985
+    only_aspp = DeepLabV3Plus(ife="curvature", ratios=(0.0, 0.75))
+    assert n_params(only_aspp) == 40_347_041 + 9 * 256 * 192
+    # Zero everywhere is the plain network.
+    assert n_params(DeepLabV3Plus(ife="entropy", ratios=(0.0, 0.0))) == 40_347_041
+
+
+def test_low_level_only_ife_trains_one_step():
+    model = DeepLabV3Plus(ife="curvature", ratios=(0.75, 0.0), **TINY)
+    x = jax.random.normal(key(1), (2, 64, 64, 3))
+    yy, xx = np.mgrid[:64, :64]
+    mask = ((yy - 30) ** 2 + (xx - 34) ** 2 < 200).astype(np.float32)
+    masks = jnp.asarray(np.broadcast_to(mask[None, :, :, None], (2, 64, 64, 1)))
+    variables = random_variables(model, x.shape)
+    tx = optax.adam(1e-2)
+    params, stats = variables["params"], variables["batch_stats"]
+
+    @jax.jit
+    def step(params, opt):
+        def loss_fn(p):
+            logits, inter = model.apply(
+                {"params": p, "batch_stats": stats}, x, train=True, rngs={"dropout": key(4)},
+                mutable=["batch_stats", "intermediates"], capture_intermediates=True,
+            )  # fmt: skip
+            return structure_loss(logits, masks), inter["intermediates"]
+
+        (loss, inter), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt, loss, inter
+
+    new, opt, loss0, inter = step(params, tx.init(params))
+    assert "ife_low" in inter and "ife_aspp" not in inter
+    assert inter["ife_low"]["__call__"][0].shape == (2, 16, 16, 8 + 6)
+    _, _, loss1, _ = step(new, opt)
+    assert float(loss1) < float(loss0)
 
 
 @pytest.mark.parametrize(
@@ -109,7 +210,10 @@ def test_dilation_replaces_stride(output_stride, expected):
         ({}, (1, 72, 64, 3), "divisible by 16"),
         ({"output_stride": 32}, (1, 64, 64, 3), "output_stride"),
         ({"backbone": "resnet18"}, (1, 64, 64, 3), "backbone"),
-        ({"ife": "entropy", "ratios": (0.0, 0.5)}, (1, 64, 64, 3), "ratio"),
+        ({"ife": "entropy", "ratios": (-0.25, 0.5)}, (1, 64, 64, 3), "ratio"),
+        ({"ife": "entropy", "ratios": (0.75, 1.5)}, (1, 64, 64, 3), "ratio"),
+        ({"multi_grid": (1, 2)}, (1, 64, 64, 3), "multi_grid"),
+        ({"multi_grid": (0, 1, 2)}, (1, 64, 64, 3), "multi_grid"),
         ({"ife": "curvature"}, (1, 32, 64, 3), "at least 48 pixels"),
     ],
 )

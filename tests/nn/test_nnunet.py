@@ -232,6 +232,18 @@ def test_network_matches_the_plan(ife):
         jax.eval_shape(lambda v: model.apply(v, odd, train=True), v)
 
 
+def test_a_zero_plan_ratio_switches_ife_off_on_that_skip():
+    base = plan_from_fingerprint(_fp((1024, 768), 500, channels=3))
+    plan = dataclasses.replace(base, ife_ratios=(base.ife_ratios[0], 0.0))
+    x = jnp.zeros((1, *plan.patch_size, 3))
+    v = jax.eval_shape(lambda: NNUNet(plan, ife="entropy").init(jax.random.key(0), x))
+    n = _count(v["params"])
+    assert n == _expected_params(plan, {plan.ife_levels[0]: plan.ife_ratios[0]})
+    # Only the skip of the first IFE level (256 channels at ratio 0.5) widens its decoder conv.
+    assert (plan.ife_levels, plan.features[plan.ife_levels[0]]) == ((3, 4), 256)
+    assert n == 58_650_535 + 9 * 128 * 256
+
+
 def test_deep_supervision_weights():
     assert deep_supervision_weights(2) == (1.0,)
     assert deep_supervision_weights(3) == (1.0,)

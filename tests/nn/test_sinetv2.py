@@ -59,6 +59,11 @@ def test_parameter_counts_full_size():
         assert _count(_abstract(SINetV2(ife=ife))["params"]) == plain + extra
     half = _count(_abstract(SINetV2(ife="entropy", ratios=(0.5, 0.5, 0.5)))["params"])
     assert half == plain + 3 * (9 * 48 * 32 + 32)
+    # A ratio of 0 leaves that reverse stage without IFE and without the extra convolution.
+    no_middle = _count(_abstract(SINetV2(ife="entropy", ratios=(0.75, 0.0, 1.0)))["params"])
+    assert no_middle == plain + (9 * 56 * 32 + 32) + (9 * 64 * 32 + 32)
+    off = _abstract(SINetV2(ife="curvature", ratios=(0.0, 0.0, 0.0)))["params"]
+    assert _count(off) == plain
 
 
 def test_backbone_stage_shapes():

@@ -153,3 +153,45 @@ def test_train_step_bfloat16_decreases_loss_and_keeps_float32_params():
     assert losses[-1] < losses[0]
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves((params, stats, grads)))
     assert model.apply({"params": params, "batch_stats": stats}, x).dtype == jnp.bfloat16
+
+
+# IFE on c2 only: c2 (128 ch) gains int(0.5 * 128) = 64 channels, so the first 3x3 conv of the
+# decoder block fed by c2 takes 128 * 2 + 64 = 320 inputs instead of 256 (+ 9 * 64 * 128
+# weights); c3's block keeps 256 * 2 = 512.
+def test_ratio_zero_switches_ife_off_at_that_skip():
+    assert n_params(UNet(ife="entropy", ratios=(0.5, 0.0)), (1, 64, 64, 3)) == 31_117_249
+    assert 31_117_249 == 31_043_521 + 9 * 64 * 128
+    assert n_params(UNet(ife="curvature", ratios=(0.0, 0.0)), (1, 64, 64, 3)) == 31_043_521
+
+
+def test_c2_only_ife_trains_one_step():
+    model = UNet(widths=TINY, ife="entropy", ratios=(0.5, 0.0))
+    x = jax.random.normal(key(1), (2, 32, 32, 3))
+    yy, xx = np.mgrid[:32, :32]
+    mask = ((yy - 16) ** 2 + (xx - 14) ** 2 < 64).astype(np.float32)
+    masks = jnp.asarray(np.broadcast_to(mask[None, :, :, None], (2, 32, 32, 1)))
+    variables = random_variables(model, x.shape)
+    stats = variables["batch_stats"]
+    tx = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params, opt):
+        def loss_fn(p):
+            logits, inter = model.apply(
+                {"params": p, "batch_stats": stats}, x, train=True,
+                mutable=["batch_stats", "intermediates"], capture_intermediates=True,
+            )  # fmt: skip
+            return structure_loss(logits, masks), inter["intermediates"]
+
+        (loss, inter), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt, loss, inter
+
+    params = variables["params"]
+    new, opt, loss0, inter = step(params, tx.init(params))
+    assert "ife_c2" in inter and "ife_c3" not in inter
+    assert inter["ife_c2"]["__call__"][0].shape == (2, 16, 16, 8 + 4)
+    assert new["dec3"]["block0"]["conv"]["kernel"].shape == (3, 3, 8 * 2 + 4, 8)
+    assert new["dec2"]["block0"]["conv"]["kernel"].shape == (3, 3, 16 * 2, 16)
+    _, _, loss1, _ = step(new, opt)
+    assert float(loss1) < float(loss0)

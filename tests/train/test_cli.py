@@ -158,3 +158,23 @@ def test_debug_shows_the_traceback(tmp_path):
     a_file.write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         main(["evaluate", "--debug", "--workdir", str(a_file)])
+
+
+@pytest.mark.parametrize(
+    "argv, ife, ratios",
+    [
+        (["--model", "unet", "--ife", "curvature"], "curvature", (0.75, 0.5)),  # Table 1 UNet+C
+        (["--model", "unet", "--ife", "entropy"], "entropy", (0.5, 0.5)),
+        (["--model", "deeplabv3plus", "--ife", "entropy"], "entropy", (0.75, 0.0)),
+        (["--model", "deeplabv3plus", "--ife", "curvature", "--ratios", "0.75,0"], "curvature",
+         (0.75, 0.0)),
+        (["--preset", "unet+c", "--ratios", "0.5,0.5"], "curvature", (0.5, 0.5)),
+        (["--model", "sinetv2"], None, None),
+        (["--model", "unet", "--ife", "none"], None, None),
+    ],
+)  # fmt: skip
+def test_train_flags_resolve_to_the_table1_configuration(argv, ife, ratios):
+    from ife_jax.cli import _train_config, build_parser
+
+    config = _train_config(build_parser().parse_args(["train", "--workdir", "w", *argv]))
+    assert (config.ife, config.ratios) == (ife, ratios)

@@ -16,6 +16,29 @@ def test_reference_presets_follow_the_recipe():
     assert preset("deeplabv3plus").model_kwargs == {"backbone": "resnet101"}
 
 
+def test_table1_presets():
+    # Table 1's UNet+C row is Table 2's (0.75, 0.50) row; UNet+E is its (0.50, 0.50) row.
+    assert (preset("unet+c").ife, preset("unet+c").ratios) == ("curvature", (0.75, 0.5))
+    assert (preset("unet+e").ife, preset("unet+e").ratios) == ("entropy", (0.5, 0.5))
+    # DeepLabV3+: IFE on the low-level features only; SINetV2: the three TEM outputs.
+    for ife in ("c", "e"):
+        assert preset(f"deeplabv3plus+{ife}").ratios == (0.75, 0.0)
+        assert preset(f"sinetv2+{ife}").ratios == (0.75, 0.75, 1.0)
+        assert preset(f"nnunet+{ife}").ratios is None  # from the plan
+        for name in ("unet", "deeplabv3plus", "sinetv2", "nnunet"):
+            variant, plain = preset(f"{name}+{ife}"), preset(name)
+            assert variant.replace(ife=None, ratios=None) == plain
+
+
+def test_ratio_zero_is_allowed_and_other_models_reject_a_backbone_file():
+    assert TrainConfig(model="unet", ife="entropy", ratios=(0.5, 0.0)).ratios == (0.5, 0.0)
+    config = TrainConfig(model="sinetv2", pretrained_backbone="res2net.npz")
+    assert config.pretrained_backbone == "res2net.npz"
+    for model in ("unet", "nnunet"):
+        with pytest.raises(ValueError, match=f"model='{model}' has none"):
+            TrainConfig(model=model, pretrained_backbone="resnet50.npz")
+
+
 def test_decay_every_gives_several_boundaries():
     assert TrainConfig(epochs=10, decay_every_epochs=3).decay_epochs == (3, 6, 9)
     assert TrainConfig(epochs=1).decay_epochs == ()
@@ -34,6 +57,9 @@ def test_json_round_trip(name):
         ("model", "vgg"),
         ("ife", "sharpness"),
         ("ratios", (0.5, 1.5)),
+        ("ratios", (-0.5, 0.5)),
+        ("pretrained_backbone", "resnet50.npz"),  # the default model, UNet, has no backbone
+        ("pretrained_backbone_sha256", "00"),
         ("precision", "float16"),
         ("batch_size", 0),
         ("train_sizes", ()),
