@@ -272,11 +272,14 @@ def main(argv=None):
             notes.append(result)
         else:
             rows.append(result)
-    rows += jax_bench(args)
+    jax_rows = jax_bench(args)
     import jax
+    import train as jax_train
 
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}")
-    print_table(rows, notes, args.peak_tflops)
+    print_table(rows + jax_rows, notes, args.peak_tflops)
+    print()
+    jax_train.print_table(jax_rows, args.peak_tflops)
 
 
 if __name__ == "__main__":

@@ -164,3 +164,28 @@ def test_bad_keys_and_interpret_block():
         entropy_pallas.row_entropy(keys, n=12, cells=4, **INTERPRET)
     with pytest.raises(ValueError, match="block=8"):
         entropy_pallas.row_entropy(keys, n=10, cells=4, block=8, interpret=True)
+
+
+def _has_cuda():
+    try:
+        return bool(jax.devices("cuda"))
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(
+    not _has_cuda(), reason="needs a CUDA GPU: the compiled kernel, not interpreted"
+)
+@pytest.mark.parametrize("shape", [(2, 37, 29, 6), (1, 256, 256, 2)])
+def test_compiled_kernel_on_gpu(shape):
+    x = relu_maps(shape, 7)
+    x[0, ..., 1] = 0.0  # a constant channel: one cell holds every pixel (2^16 at 256 x 256)
+    keys = keys_of(x)
+    n = shape[1] * shape[2]
+    scores, counts = entropy_pallas.row_entropy(keys, n=n, cells=256 * 256, with_counts=True)
+    np.testing.assert_array_equal(np.asarray(counts), counts_numpy(keys))
+    rows = jnp.transpose(jnp.asarray(x), (0, 3, 1, 2)).reshape(-1, shape[1], shape[2])
+    want = np.asarray(entropy_module._paper_block(rows, 256))
+    np.testing.assert_allclose(np.asarray(scores), want, rtol=rtol_for(n), atol=0)
+    got = entropy_scores(jnp.asarray(x))  # the kernel, chosen for the CUDA platform
+    np.testing.assert_allclose(np.asarray(got).ravel(), want, rtol=rtol_for(n), atol=0)
