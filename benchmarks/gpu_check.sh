@@ -1,17 +1,38 @@
 #!/usr/bin/env bash
-# GPU checks in one go: the IFE-op tests on the device, the op timings, and the train-step
-# throughput of UNet / UNet+C / UNet+E / DeepLabV3+ (+E) at batch 32, 224 x 224.
-# Usage on a GPU machine with jax, flax and optax installed: bash benchmarks/gpu_check.sh [OUTDIR]
+# GPU checks in one go, about 6 minutes, each part under its own time limit:
+#   1. the IFE-op tests on the device, the compiled Pallas entropy kernel included (its
+#      interpret-mode tests are left to CPU CI) (90 s);
+#   2. paper entropy: the Pallas kernel against the XLA path, the issue's shapes (75 s);
+#   3. the IFE op timings at (32, 112, 112, 64) (45 s);
+#   4. PyTorch (eager, torch.compile) against ife-jax UNet / UNet+C / UNet+E, batch 32, 224 x 224,
+#      bf16, then the IFE cost split (extra FLOPs and remainder) (210 s, torch.compile 100 s of it).
+# Tables go to OUTDIR (default: $OUT if set, else .). A part that runs out of time leaves what it
+# printed and the line "TIMED OUT" in its table; the next part still runs.
+# Usage on a GPU machine with jax, flax, optax and torch: bash benchmarks/gpu_check.sh [OUTDIR]
 set -uo pipefail
-out=${1:-.}
+out=${1:-${OUT:-.}}
+mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-nvidia-smi -L
-python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
-python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_entropy.py tests/test_golden.py \
-  2>&1 | tail -n 4
-python3 benchmarks/ife_ops.py --shape 32,112,112,64 2>&1 | tee "$out/gpu_ops.txt"
-# H100 SXM dense peaks: 989 TFLOP/s bf16; float32 matmuls run as TF32 by default (494).
-python3 benchmarks/train.py --device-only --batch-size 32 --precision bfloat16 \
-  --peak-tflops 989 2>&1 | tee "$out/gpu_train_bf16.txt"
-python3 benchmarks/train.py --device-only --batch-size 32 --precision float32 \
-  --models UNet,UNet+E --peak-tflops 494 2>&1 | tee "$out/gpu_train_fp32.txt"
+# H100 / H200 SXM dense bf16 peak.
+peak=${PEAK_TFLOPS:-989}
+
+part() {  # part SECONDS FILE COMMAND...: run with a limit, tee to FILE, note a time-out
+  local limit=$1 file=$2
+  shift 2
+  echo "== $* (limit ${limit}s)" | tee "$out/$file"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$out/$file"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then echo "TIMED OUT" | tee -a "$out/$file"; fi
+}
+
+start=$SECONDS
+{ nvidia-smi -L; date -u; python3 -c "import jax, torch; print('jax', jax.__version__, \
+jax.devices(), 'torch', torch.__version__)"; } 2>&1 | tee "$out/gpu_machine.txt"
+part 90 gpu_tests.txt python3 -m pytest -q -p no:cacheprovider -o addopts="" \
+  -k "compiled or not test_entropy_pallas" \
+  tests/test_entropy_pallas.py tests/test_entropy.py tests/test_golden.py
+part 75 gpu_entropy_kernel.txt python3 benchmarks/entropy_kernel.py
+part 45 gpu_ops.txt python3 benchmarks/ife_ops.py --shape 32,112,112,64
+part 210 gpu_vs_torch.txt python3 benchmarks/vs_torch.py --batch-size 32 --size 224 \
+  --peak-tflops "$peak" --compile-timeout 100 --runs 10 --warmup 3
+echo "gpu_check: $((SECONDS - start)) s" | tee -a "$out/gpu_machine.txt"

@@ -69,6 +69,35 @@ def _flops(lowered) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
+def _peak_bytes(compiled) -> int | None:
+    """Device bytes one step holds at its peak: arguments, outputs and temporaries, less aliases."""
+    try:
+        m = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):
+        return None
+    if m is None:
+        return None
+    return (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
+
+
+def ife_cost(row: dict, plain: dict) -> dict:
+    """Splits an IFE variant's extra step time into extra FLOPs and the rest.
+
+    At the plain model's achieved FLOP rate the variant's extra FLOPs (the wider decoder
+    convolutions, from the lowered HLO) would take ``plain_step * (flops / plain_flops - 1)``;
+    the remainder of the extra time is what scoring and selection cost beyond their FLOPs.
+    All three are returned as fractions of the plain model's step.
+    """
+    extra = row["step_s"] / plain["step_s"] - 1.0
+    flops = row["flops"] / plain["flops"] - 1.0 if plain["flops"] else float("nan")
+    return {"extra": extra, "flops": flops, "remainder": extra - flops}
+
+
 def bench(name, args, mesh):
     model_name, ife = VARIANTS[name]
     kwargs = {"widths": tuple(args.widths)} if args.widths and model_name == "unet" else {}
@@ -103,6 +132,7 @@ def bench(name, args, mesh):
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
     return {
+        "peak_bytes": _peak_bytes(compiled),
         "name": name,
         "images_s": args.batch_size / median,
         "step_s": median,
@@ -142,28 +172,45 @@ def main(argv=None):
         f"median of {args.runs}"
     )
     rows = [bench(name, args, mesh) for name in args.models.split(",")]
-    header = f"{'model':<12}{'images/s':>10}{'step s':>9}{'compile s':>11}{'TFLOP/s':>9}"
-    header += f"{'IFE overhead':>14}" + (f"{'MFU':>8}" if args.peak_tflops else "")
-    print(header)
-    for r in rows:
-        family = "UNet" if r["name"].startswith("UNet") else "DeepLabV3"
-        plain = next(
-            (b for b in rows if b["name"] in (("UNet",) if family == "UNet" else ("DeepLabV3+",))),
-            None,
-        )
-        overhead = f"{r['step_s'] / plain['step_s']:.3f}x" if plain and plain is not r else "-"
-        line = (
-            f"{r['name']:<12}{r['images_s']:>10.2f}{r['step_s']:>9.3f}{r['compile_s']:>11.1f}"
-            f"{r['tflops']:>9.3f}{overhead:>14}"
-        )
-        if args.peak_tflops:
-            line += f"{100 * r['tflops'] / args.peak_tflops:>7.1f}%"
-        print(line)
+    print_table(rows, args.peak_tflops)
     heavy = sorted(
         {m.split(".")[0] for m in sys.modules}
         & {"keras", "tensorflow", "tensorflow_datasets", "grain"}
     )
     print(f"heavy modules loaded: {', '.join(heavy) or 'none'}")
+
+
+def print_table(rows, peak_tflops=None):
+    """The throughput table, then for UNet+C / UNet+E the split of their extra step time."""
+    header = f"{'model':<12}{'images/s':>10}{'step ms':>9}{'compile s':>11}{'TFLOP/s':>9}"
+    header += f"{'peak GiB':>10}" + (f"{'MFU':>8}" if peak_tflops else "")
+    print(header)
+    for r in rows:
+        peak = f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] is not None else "-"
+        line = (
+            f"{r['name']:<12}{r['images_s']:>10.2f}{1e3 * r['step_s']:>9.2f}"
+            f"{r['compile_s']:>11.1f}{r['tflops']:>9.3f}{peak:>10}"
+        )
+        if peak_tflops:
+            line += f"{100 * r['tflops'] / peak_tflops:>7.1f}%"
+        print(line)
+    plains = {"UNet": "UNet", "UNet+C": "UNet", "UNet+E": "UNet", "DeepLabV3+E": "DeepLabV3+"}
+    by_name = {r["name"]: r for r in rows}
+    split = [
+        (r, by_name[plains[r["name"]]])
+        for r in rows
+        if r["name"] in plains and plains[r["name"]] != r["name"] and plains[r["name"]] in by_name
+    ]
+    if split:
+        print("IFE cost, % of the plain model's step: extra step time = extra FLOPs + remainder")
+        print(f"{'model':<12}{'step ms':>9}{'extra':>9}{'FLOPs':>9}{'remainder':>11}{'ms':>8}")
+        for r, plain in split:
+            c = ife_cost(r, plain)
+            print(
+                f"{r['name']:<12}{1e3 * r['step_s']:>9.2f}{100 * c['extra']:>8.1f}%"
+                f"{100 * c['flops']:>8.1f}%{100 * c['remainder']:>10.1f}%"
+                f"{1e3 * c['remainder'] * plain['step_s']:>8.2f}"
+            )
 
 
 if __name__ == "__main__":

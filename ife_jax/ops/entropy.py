@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ife_jax.ops import entropy_pallas
 from ife_jax.ops._checks import ENTROPY_MODES, as_float32, check_bins, check_choice, check_features
 
 #: Default bound on the bytes of histogram and per-chunk temporaries that entropy holds at once.
@@ -202,10 +203,13 @@ def _quantise(v: jax.Array, lo: jax.Array, span: jax.Array, bins: int) -> jax.Ar
     return jnp.clip(q, 0, bins - 1).astype(jnp.int32)
 
 
-def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
-    """Paper entropy of each row of a (R, H, W) or (R, D, H, W) block; NaN for non-finite rows."""
+def _paper_keys(rows: jax.Array, bins: int) -> tuple[jax.Array, jax.Array]:
+    """Cell ``i * bins + j`` of every pixel of a (R, H, W) or (R, D, H, W) block, and finiteness.
+
+    Returns (R, N) int32 keys in ``[0, bins * bins)`` (non-finite values counted as 0) and the
+    (R,) bool flag of rows holding only finite values.
+    """
     r, *spatial = rows.shape
-    n = math.prod(spatial)
     axes = tuple(range(1, rows.ndim))
     finite = jnp.all(jnp.isfinite(rows), axis=axes)
     v = jnp.where(jnp.isfinite(rows), rows, 0.0)
@@ -215,8 +219,16 @@ def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
     hi = jnp.maximum(v.max(axis=axes), j.max(axis=axes))[expand]
     span = jnp.where(hi > lo, hi - lo, 1.0)
     qi, qj = _quantise(v, lo, span, bins), _quantise(j, lo, span, bins)
+    return (qi * bins + qj).reshape(r, math.prod(spatial)), finite
+
+
+def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
+    """Paper entropy of each row of a (R, H, W) or (R, D, H, W) block; NaN for non-finite rows."""
+    r, *spatial = rows.shape
+    n = math.prod(spatial)
     cells = bins * bins
-    keys = (qi * bins + qj).reshape(r, n) + (jnp.arange(r, dtype=jnp.int32) * cells)[:, None]
+    keys, finite = _paper_keys(rows, bins)
+    keys = keys + (jnp.arange(r, dtype=jnp.int32) * cells)[:, None]
     keys = lax.optimization_barrier(keys)
     hist = jnp.zeros(r * cells, jnp.int32).at[keys.reshape(-1)].add(1, mode="promise_in_bounds")
     # sum_cells n log n == sum_pixels log n(cell of the pixel): gather instead of a pass over
@@ -225,6 +237,27 @@ def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
     own = lax.optimization_barrier(own)
     entropy = jnp.mean(jnp.log2(float(n) / own), axis=1)
     return jnp.where(finite, entropy, jnp.nan)
+
+
+def _paper_pallas(x: jax.Array, bins: int, **kernel_options) -> jax.Array:
+    """Paper entropy of (B, H, W, C) maps by the Pallas kernel of :mod:`entropy_pallas`."""
+    b, h, w, c = x.shape
+    rows = jnp.transpose(x, (0, 3, 1, 2)).reshape(b * c, h, w)
+    keys, finite = _paper_keys(rows, bins)
+    entropy = entropy_pallas.row_entropy(keys, n=h * w, cells=bins * bins, **kernel_options)
+    return jnp.where(finite, entropy, jnp.nan).reshape(b, c)
+
+
+def _pallas_available(shape: tuple[int, ...], bins: int) -> bool:
+    """Whether the CUDA branch may use the kernel: Triton needs compute capability >= 8.0."""
+    if not entropy_pallas.supported(shape, bins):
+        return False
+    try:
+        gpus = jax.devices("cuda")
+    except RuntimeError:
+        return False
+    capability = getattr(gpus[0], "compute_capability", "0")
+    return float(capability) >= 8.0
 
 
 def _unique_block(rows: jax.Array) -> jax.Array:
@@ -312,7 +345,11 @@ def entropy_scores(
         this many bytes at any batch size. Results do not depend on it.
       chunk_rows: rows per block, overriding the budget (``None``: from the budget, and at most
         8 when lowered for CPU, where small blocks keep the histogram in cache). For volumes
-        it is capped by the budget.
+        it is capped by the budget. Giving it selects the XLA path on every platform.
+
+    On CUDA GPUs of compute capability 8.0 or more, ``"paper"`` mode on (B, H, W, C) maps runs
+    the Pallas kernel of :mod:`ife_jax.ops.entropy_pallas` (same integer counts, scores equal
+    up to float summation order); volumes, other modes and other platforms run XLA.
 
     Returns:
       (B, C) float32 scores. A channel holding NaN or +-Inf scores NaN and is left out of the
@@ -353,8 +390,10 @@ def entropy_scores(
     budget_rows = _chunk_rows(spatial, bins, memory_budget_bytes)
     if chunk_rows is not None:
         return run(chunk_rows)(x)
+    xla = run(budget_rows)
+    cuda = functools.partial(_paper_pallas, bins=bins) if _pallas_available(shape, bins) else xla
     return lax.platform_dependent(
-        x, cpu=run(min(budget_rows, _CPU_CHUNK_ROWS)), default=run(budget_rows)
+        x, cpu=run(min(budget_rows, _CPU_CHUNK_ROWS)), cuda=cuda, default=xla
     )
 
 
