@@ -1,11 +1,12 @@
 """Paper entropy on a GPU: the Pallas kernel against the XLA path, and whether they agree.
 
-For each shape: milliseconds of ``entropy_scores`` (the kernel on CUDA GPUs) and of the XLA path
+For each shape: milliseconds of ``entropy_scores`` (the kernel on CUDA GPUs, with
+``IFE_JAX_PALLAS_ENTROPY=1`` set) and of the XLA path
 (forced by ``chunk_rows``), the largest relative score difference, and whether the top half of
 the channels selected per sample is the same. The default shapes are the issue's targets:
 (32, 112, 112, 64), and UNet+E's two IFE inputs (32, 112, 112, 128) and (32, 56, 56, 256).
 
-    python benchmarks/entropy_kernel.py
+    IFE_JAX_PALLAS_ENTROPY=1 python benchmarks/entropy_kernel.py
 """
 
 from __future__ import annotations

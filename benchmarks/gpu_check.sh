@@ -31,7 +31,7 @@ jax.devices(), 'torch', torch.__version__)"; } 2>&1 | tee "$out/gpu_machine.txt"
 part 90 gpu_tests.txt python3 -m pytest -q -p no:cacheprovider -o addopts="" \
   -k "compiled or not test_entropy_pallas" \
   tests/test_entropy_pallas.py tests/test_entropy.py tests/test_golden.py
-part 75 gpu_entropy_kernel.txt python3 benchmarks/entropy_kernel.py
+part 75 gpu_entropy_kernel.txt env IFE_JAX_PALLAS_ENTROPY=1 python3 benchmarks/entropy_kernel.py
 part 45 gpu_ops.txt python3 benchmarks/ife_ops.py --shape 32,112,112,64
 part 210 gpu_vs_torch.txt python3 benchmarks/vs_torch.py --batch-size 32 --size 224 \
   --peak-tflops "$peak" --compile-timeout 100 --runs 10 --warmup 3

@@ -158,6 +158,15 @@ def test_cuda_lowering_calls_the_triton_kernel(monkeypatch):
     assert "triton" not in cpu
 
 
+def test_the_kernel_is_opt_in(monkeypatch):
+    # Without IFE_JAX_PALLAS_ENTROPY=1 the CUDA platform keeps the XLA path.
+    monkeypatch.delenv(entropy_module.PALLAS_ENV, raising=False)
+    assert not entropy_module._pallas_available((2, 16, 16, 4), 256)
+    x = jax.ShapeDtypeStruct((2, 16, 16, 4), jnp.float32)
+    cuda = jax.jit(entropy_scores).trace(x).lower(lowering_platforms=("cuda",)).as_text()
+    assert "triton" not in cuda
+
+
 def test_bad_keys_and_interpret_block():
     keys = jnp.zeros((2, 10), jnp.int32)
     with pytest.raises(ValueError, match=r"\(2, 12\) int32"):
@@ -177,7 +186,8 @@ def _has_cuda():
     not _has_cuda(), reason="needs a CUDA GPU: the compiled kernel, not interpreted"
 )
 @pytest.mark.parametrize("shape", [(2, 37, 29, 6), (1, 256, 256, 2)])
-def test_compiled_kernel_on_gpu(shape):
+def test_compiled_kernel_on_gpu(shape, monkeypatch):
+    monkeypatch.setenv(entropy_module.PALLAS_ENV, "1")
     x = relu_maps(shape, 7)
     x[0, ..., 1] = 0.0  # a constant channel: one cell holds every pixel (2^16 at 256 x 256)
     keys = keys_of(x)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -248,9 +249,16 @@ def _paper_pallas(x: jax.Array, bins: int, **kernel_options) -> jax.Array:
     return jnp.where(finite, entropy, jnp.nan).reshape(b, c)
 
 
+#: Set to 1 to score paper-mode entropy with the Pallas kernel on CUDA GPUs. Off by default: the
+#: kernel is tested in Pallas's interpreter and lowers to Triton, but has not yet been measured
+#: against the XLA path on a GPU.
+PALLAS_ENV = "IFE_JAX_PALLAS_ENTROPY"
+
+
 def _pallas_available(shape: tuple[int, ...], bins: int) -> bool:
-    """Whether the CUDA branch may use the kernel: Triton needs compute capability >= 8.0."""
-    if not entropy_pallas.supported(shape, bins):
+    """Whether the CUDA branch uses the kernel: asked for by ``IFE_JAX_PALLAS_ENTROPY=1`` (read
+    when the function is traced), supported for the shape, and compute capability >= 8.0."""
+    if os.environ.get(PALLAS_ENV) != "1" or not entropy_pallas.supported(shape, bins):
         return False
     try:
         gpus = jax.devices("cuda")
