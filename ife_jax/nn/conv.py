@@ -2,8 +2,8 @@
 
 Two changes against ``flax.linen``'s defaults, both with the same parameters:
 
-- :func:`conv_general_dilated` is a drop-in for ``lax.conv_general_dilated`` (pass it to
-  ``nn.Conv(conv_general_dilated=...)``). For 2-D NHWC stride-1 convolutions it is a
+- :func:`conv_general_dilated` is a drop-in for ``lax.conv_general_dilated`` (:class:`Conv` is
+  ``nn.Conv`` calling it). For 2-D NHWC stride-1 convolutions it is a
   ``jax.custom_vjp`` whose forward and input gradient are XLA's own (bit for bit), and whose
   kernel gradient on CPU is a blocked im2col: a loop over blocks of output rows that builds a
   few MB of patches at a time and accumulates ``patches^T @ grad`` in float32. XLA:CPU's own
@@ -36,7 +36,7 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 def _explicit_padding(padding, x_shape, k_shape, dilation) -> tuple[tuple[int, int], ...] | None:
     """``padding`` as ((lo, hi), (lo, hi)) for a stride-1 2-D convolution; None if unusable."""
     if isinstance(padding, str):
-        dilated = [(k - 1) * d + 1 for k, d in zip(k_shape, dilation)]
+        dilated = [(k - 1) * d + 1 for k, d in zip(k_shape, dilation, strict=True)]
         return tuple(lax.padtype_to_pads(x_shape, dilated, (1, 1), padding))
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     if len(pads) != 2 or any(p < 0 for pair in pads for p in pair):
@@ -138,7 +138,7 @@ def im2col_kernel_grad(
     dilation: tuple[int, int] = (1, 1),
     block_bytes: int = PATCH_BLOCK_BYTES,
 ) -> jax.Array:
-    """Kernel gradient of a stride-1 convolution: ``dW[i, j] = sum_{b,y,x} xp[b, y+d*i, x+d*j] g[b, y, x]``.
+    """Kernel gradient of a stride-1 convolution, ``dW[i, j] = sum xp[b, y+d*i, x+d*j] g[b, y, x]``.
 
     ``xp`` is ``x`` zero-padded by ``pads``. Computed in blocks of output rows: each block's
     patches (B * rows * W', kh * kw * Cin) are multiplied by its (B * rows * W', Cout) gradient
@@ -190,17 +190,24 @@ def im2col_kernel_grad(
     return acc.T.reshape(kh, kw, cin, cout)
 
 
+class Conv(nn.Conv):
+    """``flax.linen.Conv`` (same parameters, bit-identical outputs) on the fast gradient."""
+
+    conv_general_dilated: Any = conv_general_dilated
+
+
 def _as_tuple(v, n: int) -> tuple[int, ...]:
     return (int(v),) * n if isinstance(v, int) else tuple(int(i) for i in v)
 
 
 class ConvTranspose(nn.Module):
-    """``flax.linen.ConvTranspose`` (same parameters, same outputs) with a fast kernel == stride case.
+    """``flax.linen.ConvTranspose`` (same parameters and outputs), fast when kernel == stride.
 
     When every kernel extent equals its stride and the padding is 'SAME' or 'VALID' (which then
     coincide), each input pixel writes its own ``k1 x k2 (x k3)`` output tile:
     ``y[b, k*i + p, k*j + q] = sum_c x[b, i, j, c] kernel[k-1-p, k-1-q, c] + bias`` (the taps
-    reversed, as ``lax.conv_transpose`` correlates), one matrix product and a reshape. Other configurations call ``lax.conv_transpose`` exactly as Flax does.
+    reversed, as ``lax.conv_transpose`` correlates), one matrix product and a reshape. Other
+    configurations call ``lax.conv_transpose`` exactly as Flax does.
 
     Attributes: as ``flax.linen.ConvTranspose`` (features, kernel_size, strides, padding,
     use_bias, dtype, param_dtype, precision, kernel_init, bias_init).
@@ -260,7 +267,7 @@ def _tile_upsample(x: jax.Array, kernel: jax.Array, precision) -> jax.Array:
     # (B, S1, .., Sn, K1, .., Kn, C) -> (B, S1, K1, .., Sn, Kn, C)
     order = [0] + [a for i in range(n) for a in (1 + i, 1 + n + i)] + [1 + 2 * n]
     y = jnp.transpose(y, order)
-    return y.reshape(x.shape[0], *(s * k for s, k in zip(spatial, ks)), cout)
+    return y.reshape(x.shape[0], *(s * k for s, k in zip(spatial, ks, strict=True)), cout)
 
 
-__all__ = ["ConvTranspose", "conv_general_dilated", "im2col_kernel_grad"]
+__all__ = ["Conv", "ConvTranspose", "conv_general_dilated", "im2col_kernel_grad"]

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ife_jax.nn.conv import Conv
+
 #: He-normal initialiser over the output fan, as torchvision's ResNet initialises convolutions.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -37,10 +39,10 @@ def conv(
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
     name: str | None = None,
-) -> nn.Conv:
+) -> Conv:
     """A square convolution padded like PyTorch's ``padding = dilation * (kernel - 1) // 2``."""
     pad = dilation * (kernel - 1) // 2
-    return nn.Conv(
+    return Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),

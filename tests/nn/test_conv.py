@@ -183,7 +183,8 @@ FALLBACK_CASES = [
 @pytest.mark.parametrize("kwargs", FALLBACK_CASES, ids=str)
 def test_other_configurations_are_xlas_convolution(kwargs):
     rng = np.random.default_rng(5)
-    x, w = normal(rng, (2, 9, 8, 4)), normal(rng, (3, 3, 4 // kwargs.get("feature_group_count", 1), 6))
+    groups = kwargs.get("feature_group_count", 1)
+    x, w = normal(rng, (2, 9, 8, 4)), normal(rng, (3, 3, 4 // groups, 6))
 
     def loss(conv, x, w):
         return jnp.sum(conv(x, w, dimension_numbers=NHWC, **kwargs) ** 2)
@@ -194,7 +195,7 @@ def test_other_configurations_are_xlas_convolution(kwargs):
     )
     ours = jax.jit(jax.grad(lambda x, w: loss(conv_general_dilated, x, w), (0, 1)))(x, w)
     xla = jax.jit(jax.grad(lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1)))(x, w)
-    for a, b in zip(ours, xla):
+    for a, b in zip(ours, xla, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
