@@ -49,7 +49,10 @@ def _fast_path_args(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilatio
     """(padding, dilation) when the custom kernel gradient applies, else None."""
     if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1:
         return None
-    if dimension_numbers is None or tuple(dimension_numbers) != _NHWC:
+    if dimension_numbers is None:
+        return None
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    if dn != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC):
         return None
     if tuple(window_strides) != (1, 1) or (lhs_dilation and tuple(lhs_dilation) != (1, 1)):
         return None

@@ -208,6 +208,13 @@ def test_flax_conv_with_the_fast_convolution_is_bit_equal():
     assert jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, v)
     np.testing.assert_array_equal(fast.apply(v, x), plain.apply(v, x))
 
+    def convolutions(module):  # in the compiled kernel gradient: XLA's path has one, CPU's none
+        grad = jax.jit(jax.grad(lambda v: jnp.sum(module.apply(v, x) ** 2)))
+        return grad.lower(v).compile().as_text().count(" convolution(")
+
+    assert convolutions(plain) == 2
+    assert convolutions(fast) == 1
+
 
 # (input shape, kernel size, padding): 2x2 and 1x2 (nnU-Net's anisotropic) and 2x2x2 tiles,
 # batch 1 and one channel; the last two are not tiles and take lax.conv_transpose.
