@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # GPU checks in one go, about 6 minutes, each part under its own time limit:
 #   1. the IFE-op tests on the device, the compiled Pallas entropy kernel included (its
-#      interpret-mode tests are left to CPU CI) (90 s);
-#   2. paper entropy: the Pallas kernel against the XLA path, the issue's shapes (75 s);
-#   3. the IFE op timings at (32, 112, 112, 64) (45 s);
-#   4. PyTorch (eager, torch.compile) against ife-jax UNet / UNet+C / UNet+E, batch 32, 224 x 224,
-#      bf16, then the IFE cost split (extra FLOPs and remainder) (210 s, torch.compile 100 s of it).
+#      interpret-mode tests are left to CPU CI) (75 s);
+#   2. the compiled UNet gradient holds cuDNN convolutions (the CPU-only weight gradient of
+#      ife_jax.nn.conv must not reach the GPU) (45 s);
+#   3. paper entropy: the Pallas kernel against the XLA path, the issue's shapes (60 s);
+#   4. the IFE op timings at (32, 112, 112, 64) (45 s);
+#   5. PyTorch (eager, torch.compile) against ife-jax UNet / UNet+C / UNet+E, batch 32, 224 x 224,
+#      bf16, then the IFE cost split (extra FLOPs and remainder) (180 s, torch.compile 90 s of it).
 # Tables go to OUTDIR (default: $OUT if set, else .). A part that runs out of time leaves what it
 # printed and the line "TIMED OUT" in its table; the next part still runs.
 # Usage on a GPU machine with jax, flax, optax and torch: bash benchmarks/gpu_check.sh [OUTDIR]
@@ -28,11 +30,12 @@ part() {  # part SECONDS FILE COMMAND...: run with a limit, tee to FILE, note a 
 start=$SECONDS
 { nvidia-smi -L; date -u; python3 -c "import jax, torch; print('jax', jax.__version__, \
 jax.devices(), 'torch', torch.__version__)"; } 2>&1 | tee "$out/gpu_machine.txt"
-part 90 gpu_tests.txt python3 -m pytest -q -p no:cacheprovider -o addopts="" \
+part 75 gpu_tests.txt python3 -m pytest -q -p no:cacheprovider -o addopts="" \
   -k "compiled or not test_entropy_pallas" \
   tests/test_entropy_pallas.py tests/test_entropy.py tests/test_golden.py
-part 75 gpu_entropy_kernel.txt env IFE_JAX_PALLAS_ENTROPY=1 python3 benchmarks/entropy_kernel.py
+part 45 gpu_conv_backend.txt python3 benchmarks/conv_backend_check.py
+part 60 gpu_entropy_kernel.txt env IFE_JAX_PALLAS_ENTROPY=1 python3 benchmarks/entropy_kernel.py
 part 45 gpu_ops.txt python3 benchmarks/ife_ops.py --shape 32,112,112,64
-part 210 gpu_vs_torch.txt python3 benchmarks/vs_torch.py --batch-size 32 --size 224 \
-  --peak-tflops "$peak" --compile-timeout 100 --runs 10 --warmup 3
+part 180 gpu_vs_torch.txt python3 benchmarks/vs_torch.py --batch-size 32 --size 224 \
+  --peak-tflops "$peak" --compile-timeout 90 --runs 10 --warmup 3
 echo "gpu_check: $((SECONDS - start)) s" | tee -a "$out/gpu_machine.txt"

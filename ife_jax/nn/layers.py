@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ife_jax.nn.conv import Conv
+
 #: He-normal initialiser over the output fan, as torchvision's ResNet initialises convolutions.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -38,12 +40,12 @@ def conv(
     param_dtype: Dtype = jnp.float32,
     name: str | None = None,
     spatial_dims: int = 2,
-) -> nn.Conv:
+) -> Conv:
     """A square (or cubic, ``spatial_dims=3``) convolution padded like PyTorch's
     ``padding = dilation * (kernel - 1) // 2``."""
     pad = dilation * (kernel - 1) // 2
     n = spatial_dims
-    return nn.Conv(
+    return Conv(
         features,
         (kernel,) * n,
         strides=(stride,) * n,

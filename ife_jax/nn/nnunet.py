@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ife_jax.nn.conv import Conv, ConvTranspose
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import Dtype
 from ife_jax.nn.nnunet_plan import NNUNetPlan
@@ -54,7 +55,7 @@ class ConvNormAct(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (3, 3),
             strides=tuple(self.stride),
@@ -131,7 +132,7 @@ class NNUNet(nn.Module):
         x = skips.pop()
         for s in range(plan.num_stages - 2, -1, -1):
             f, stride = plan.features[s], tuple(plan.strides[s + 1])
-            x = nn.ConvTranspose(
+            x = ConvTranspose(
                 f, stride, strides=stride, padding="VALID", kernel_init=he_init, name=f"up{s}", **kw
             )(x)
             skip = skips.pop()
@@ -151,7 +152,7 @@ class NNUNet(nn.Module):
             if s < len(self.output_weights):  # a head exactly where the loss weight is non-zero
                 # Always computed so that parameters exist in both modes; unused ones are
                 # removed by XLA.
-                outputs[s] = nn.Conv(
+                outputs[s] = Conv(
                     plan.num_classes, (1, 1), kernel_init=he_init, name=f"head{s}", **kw
                 )(x)
 

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ife_jax.nn.conv import Conv
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import Dtype, batch_norm, check_ife, resize_bilinear_align_corners
 from ife_jax.nn.res2net import RES2NET50_BLOCKS, Res2Net
@@ -68,7 +69,7 @@ class ConvBN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         kh, kw = self.kernel
         d = self.dilation
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (kh, kw),
             kernel_dilation=(d, d),
@@ -142,7 +143,7 @@ class NCD(nn.Module):
         s2 = jnp.concatenate([s1, cbn(2 * c, "conv_upsample5")(up(m2, shallow))], -1)
         s2 = cbn(3 * c, "conv_concat3")(s2)
         s2 = cbn(3 * c, "conv4")(s2)
-        return nn.Conv(1, (1, 1), name="conv5", **kw)(s2)
+        return Conv(1, (1, 1), name="conv5", **kw)(s2)
 
 
 class GRA(nn.Module):
@@ -166,8 +167,8 @@ class GRA(nn.Module):
         xs = x.reshape(b, h, w, g, c // g)
         ys = jnp.broadcast_to(y[..., None, :].astype(x.dtype), (b, h, w, g, 1))
         cat = jnp.concatenate([xs, ys], -1).reshape(b, h, w, c + g)
-        x = x + nn.relu(nn.Conv(c, (3, 3), padding=1, name="conv", **kw)(cat))
-        y = y + nn.Conv(1, (3, 3), padding=1, name="score", **kw)(x)
+        x = x + nn.relu(Conv(c, (3, 3), padding=1, name="conv", **kw)(cat))
+        y = y + Conv(1, (3, 3), padding=1, name="score", **kw)(x)
         return x, y
 
 
@@ -188,7 +189,7 @@ class ReverseStage(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         c = self.channels
         if self.enhanced:
-            x = nn.Conv(c, (3, 3), padding=1, name="first_conv", **kw)(x)
+            x = Conv(c, (3, 3), padding=1, name="first_conv", **kw)(x)
         y = 1.0 - jax.nn.sigmoid(y)
         x, y = GRA(1, name="weak_gra", **kw)(x, y)
         x, y = GRA(c // 8, name="medium_gra", **kw)(x, y)

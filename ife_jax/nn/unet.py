@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ife_jax.nn.conv import Conv, ConvTranspose
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import DoubleConv, Dtype, check_ife, check_input, conv_init
 
@@ -81,10 +82,10 @@ class UNet(nn.Module):
         x = skips[-1]
         for j, level in enumerate(range(len(self.widths) - 2, -1, -1)):
             width = self.widths[level]
-            x = nn.ConvTranspose(
+            x = ConvTranspose(
                 width, (2, 2), strides=(2, 2), kernel_init=conv_init, name=f"up{j + 1}", **kw
             )(x)
             x = jnp.concatenate([skips[level], x], axis=-1)
             x = DoubleConv(width, name=f"dec{j + 1}", **kw)(x, train)
 
-        return nn.Conv(self.num_classes, (1, 1), name="head", **kw)(x)
+        return Conv(self.num_classes, (1, 1), name="head", **kw)(x)

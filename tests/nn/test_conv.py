@@ -1,0 +1,249 @@
+"""The fast convolutions: same outputs as Flax/XLA, gradients against a float64 NumPy reference.
+
+Error model for the gradients: each gradient entry is a float32 sum of ``n`` products (the
+reduction length: B * H' * W' for the kernel gradient, kh * kw * Cout for the input gradient).
+Whatever the summation order, ``|fl(sum) - sum| <= gamma_n * sum |terms|`` with
+``gamma_n = n u / (1 - n u)`` and ``u = 2**-24`` (Higham, Accuracy and Stability, eq. 3.5), the
+``+1`` covering the rounding of each float32 product. The inputs are float32 values used
+exactly by the float64 reference, so that is the whole error.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from ife_jax.nn.conv import ConvTranspose, conv_general_dilated, im2col_kernel_grad
+
+U = 2.0**-24
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def gamma(n):
+    return n * U / (1 - n * U)
+
+
+def normal(rng, shape):
+    return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+
+def padded(x, pads):
+    return np.pad(np.asarray(x, np.float64), ((0, 0), *pads, (0, 0)))
+
+
+def reference_conv_grads(x, w, r, pads, dilation):
+    """float64 (y, dL/dx, dL/dw) and the sums of |terms| for L = sum(conv(x, w) * r), tap by tap."""
+    kh, kw, _, _ = w.shape
+    dh, dw = dilation
+    xp, w64, r64 = padded(x, pads), np.asarray(w, np.float64), np.asarray(r, np.float64)
+    ho, wo = r.shape[1:3]
+    y, dxp, dwt = np.zeros(r.shape), np.zeros(xp.shape), np.zeros(w.shape)
+    dx_mag, dw_mag = np.zeros(xp.shape), np.zeros(w.shape)
+    for p in range(kh):
+        for q in range(kw):
+            win = (slice(None), slice(dh * p, dh * p + ho), slice(dw * q, dw * q + wo))
+            y += xp[win] @ w64[p, q]
+            dxp[win] += r64 @ w64[p, q].T
+            dx_mag[win] += np.abs(r64) @ np.abs(w64[p, q]).T
+            dwt[p, q] = np.einsum("bhwc,bhwo->co", xp[win], r64)
+            dw_mag[p, q] = np.einsum("bhwc,bhwo->co", np.abs(xp[win]), np.abs(r64))
+    crop = (slice(None), slice(pads[0][0], pads[0][0] + x.shape[1]),
+            slice(pads[1][0], pads[1][0] + x.shape[2]))
+    return y, dxp[crop], dx_mag[crop], dwt, dw_mag
+
+
+# (B, H, W, Cin, Cout, (kh, kw), dilation, padding): every variant the custom gradient handles.
+FAST_CASES = [
+    (1, 7, 5, 1, 3, (3, 3), 1, ((1, 1), (1, 1))),  # batch 1, one input channel
+    (2, 9, 11, 3, 1, (3, 3), 1, ((1, 1), (1, 1))),  # one output channel
+    (2, 9, 11, 3, 4, (3, 3), 2, ((2, 2), (2, 2))),  # dilation 2 (ResNet layer4, SINetV2 RF)
+    (1, 13, 13, 2, 3, (3, 3), 6, ((6, 6), (6, 6))),  # ASPP rate 6: taps mostly in the padding
+    (2, 8, 6, 2, 3, (1, 3), 1, ((0, 0), (1, 1))),  # SINetV2's 1 x k
+    (1, 6, 8, 2, 3, (3, 1), 3, ((3, 3), (0, 0))),  # k x 1, dilated
+    (2, 6, 7, 3, 2, (1, 1), 1, ((0, 0), (0, 0))),  # 1x1 heads and projections
+    (1, 9, 9, 2, 2, (7, 7), 1, ((3, 3), (3, 3))),  # 7x7
+    (2, 9, 8, 3, 4, (3, 3), 1, "SAME"),
+    (2, 9, 8, 3, 4, (3, 3), 1, "VALID"),
+    (1, 7, 6, 2, 3, (3, 3), 1, ((0, 2), (1, 0))),  # asymmetric
+]
+
+
+def fast_conv(x, w, pads, dilation):
+    return conv_general_dilated(x, w, (1, 1), pads, rhs_dilation=(dilation,) * 2,
+                                dimension_numbers=NHWC)
+
+
+def xla_conv(x, w, pads, dilation):
+    return lax.conv_general_dilated(x, w, (1, 1), pads, rhs_dilation=(dilation,) * 2,
+                                    dimension_numbers=NHWC)
+
+
+def explicit(pads, x_shape, kernel, dilation):
+    if not isinstance(pads, str):
+        return pads
+    dilated = [(k - 1) * dilation + 1 for k in kernel]
+    return tuple(lax.padtype_to_pads(x_shape, dilated, (1, 1), pads))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("case", FAST_CASES, ids=str)
+def test_forward_bit_equal_and_gradients_match_float64(case, jit):
+    b, h, w_, cin, cout, kernel, d, pads = case
+    rng = np.random.default_rng(len(str(case)))
+    x, w = normal(rng, (b, h, w_, cin)), normal(rng, (*kernel, cin, cout))
+    y = fast_conv(x, w, pads, d)
+    np.testing.assert_array_equal(y, xla_conv(x, w, pads, d))
+    r = normal(rng, y.shape)
+
+    def loss(x, w):
+        return jnp.sum(fast_conv(x, w, pads, d) * r)
+
+    grad = jax.grad(loss, (0, 1))
+    dx, dw = (jax.jit(grad) if jit else grad)(x, w)
+    y64, dx64, dx_mag, dw64, dw_mag = reference_conv_grads(
+        x, w, r, explicit(pads, x.shape[1:3], kernel, d), (d, d)
+    )
+    n_dw = b * y.shape[1] * y.shape[2]
+    n_dx = kernel[0] * kernel[1] * cout
+    assert dw.dtype == jnp.float32 and dw.shape == w.shape
+    np.testing.assert_array_less(np.abs(np.asarray(dw, np.float64) - dw64),
+                                 gamma(n_dw + 1) * dw_mag + 1e-30)
+    np.testing.assert_array_less(np.abs(np.asarray(dx, np.float64) - dx64),
+                                 gamma(n_dx + 1) * dx_mag + 1e-30)
+    # The oracle itself: its forward agrees with XLA's within the forward's own error bound.
+    y_mag = reference_conv_grads(np.abs(x), np.abs(w), np.zeros(r.shape),
+                                 explicit(pads, x.shape[1:3], kernel, d), (d, d))[0]
+    np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - y64),
+                                 gamma(kernel[0] * kernel[1] * cin + 1) * y_mag + 1e-30)
+
+
+def test_input_gradient_is_xlas_own():
+    rng = np.random.default_rng(1)
+    x, w = normal(rng, (2, 9, 7, 5)), normal(rng, (3, 3, 5, 6))
+    r = normal(rng, (2, 9, 7, 6))
+    pads = ((1, 1), (1, 1))
+
+    def dx(conv):
+        return jax.jit(jax.grad(lambda x: jnp.sum(conv(x, w, pads, 1) * r)))(x)
+
+    np.testing.assert_array_equal(dx(fast_conv), dx(xla_conv))
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2 * 6 * 9 * 3 * 4, 10**9])
+def test_blocked_kernel_gradient_with_a_partial_last_block(block_bytes):
+    # 7 output rows in blocks of 1, 2 (4 blocks, the last half empty) and 7 rows.
+    rng = np.random.default_rng(2)
+    x, r = normal(rng, (2, 7, 6, 3)), normal(rng, (2, 7, 6, 4))
+    w = jnp.zeros((3, 3, 3, 4))
+    pads = ((1, 1), (1, 1))
+    dw = im2col_kernel_grad(x, r, (3, 3), pads=pads, block_bytes=block_bytes)
+    _, _, _, dw64, dw_mag = reference_conv_grads(x, w, r, pads, (1, 1))
+    np.testing.assert_array_less(np.abs(np.asarray(dw, np.float64) - dw64),
+                                 gamma(2 * 7 * 6 + 1) * dw_mag + 1e-30)
+
+
+def test_cpu_kernel_gradient_is_the_im2col_product():
+    # On CPU the compiled gradient holds two convolutions (forward, input gradient), not three.
+    rng = np.random.default_rng(3)
+    x, w = normal(rng, (1, 8, 8, 2)), normal(rng, (3, 3, 2, 3))
+    pads = ((1, 1), (1, 1))
+
+    def convolutions(conv):
+        g = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w, pads, 1) ** 2), (0, 1)))
+        return g.lower(x, w).compile().as_text().count(" convolution(")
+
+    assert convolutions(xla_conv) == 3
+    assert convolutions(fast_conv) == 2
+
+
+def test_bfloat16_kernel_gradient_keeps_the_kernel_dtype():
+    rng = np.random.default_rng(4)
+    x, w = normal(rng, (1, 6, 6, 2)), normal(rng, (3, 3, 2, 2))
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    pads = ((1, 1), (1, 1))
+    dw = jax.grad(lambda w: jnp.sum(fast_conv(xb, w, pads, 1).astype(jnp.float32)))(wb)
+    assert dw.dtype == jnp.bfloat16
+    ones = np.ones((1, 6, 6, 2))
+    _, _, _, dw64, dw_mag = reference_conv_grads(xb.astype(jnp.float32), w, ones, pads, (1, 1))
+    # float32 accumulation, then one bfloat16 rounding (u = 2**-8) of the result.
+    np.testing.assert_array_less(np.abs(np.asarray(dw, np.float64) - dw64),
+                                 (gamma(37) + 2.0**-8) * dw_mag + 1e-30)
+
+
+FALLBACK_CASES = [
+    dict(window_strides=(2, 2), padding=((1, 1), (1, 1))),  # strided
+    dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), lhs_dilation=(2, 2)),
+    dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), feature_group_count=2),
+    dict(window_strides=(1, 1), padding=((-1, 1), (1, 1))),  # negative padding (a crop)
+]
+
+
+@pytest.mark.parametrize("kwargs", FALLBACK_CASES, ids=str)
+def test_other_configurations_are_xlas_convolution(kwargs):
+    rng = np.random.default_rng(5)
+    groups = kwargs.get("feature_group_count", 1)
+    x, w = normal(rng, (2, 9, 8, 4)), normal(rng, (3, 3, 4 // groups, 6))
+
+    def loss(conv, x, w):
+        return jnp.sum(conv(x, w, dimension_numbers=NHWC, **kwargs) ** 2)
+
+    np.testing.assert_array_equal(
+        conv_general_dilated(x, w, dimension_numbers=NHWC, **kwargs),
+        lax.conv_general_dilated(x, w, dimension_numbers=NHWC, **kwargs),
+    )
+    ours = jax.jit(jax.grad(lambda x, w: loss(conv_general_dilated, x, w), (0, 1)))(x, w)
+    xla = jax.jit(jax.grad(lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1)))(x, w)
+    for a, b in zip(ours, xla, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_flax_conv_with_the_fast_convolution_is_bit_equal():
+    rng = np.random.default_rng(6)
+    x = normal(rng, (1, 9, 7, 3))
+    plain = nn.Conv(5, (3, 3), padding=((2, 2), (2, 2)), kernel_dilation=(2, 2))
+    fast = plain.clone(conv_general_dilated=conv_general_dilated)
+    v = plain.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, v)
+    np.testing.assert_array_equal(fast.apply(v, x), plain.apply(v, x))
+
+    def convolutions(module):  # in the compiled kernel gradient: XLA's path has one, CPU's none
+        grad = jax.jit(jax.grad(lambda v: jnp.sum(module.apply(v, x) ** 2)))
+        return grad.lower(v).compile().as_text().count(" convolution(")
+
+    assert convolutions(plain) == 2
+    assert convolutions(fast) == 1
+
+
+# (input shape, kernel size, padding): 2x2 and 1x2 (nnU-Net's anisotropic) and 2x2x2 tiles,
+# batch 1 and one channel; the last two are not tiles and take lax.conv_transpose.
+TRANSPOSE_CASES = [
+    ((2, 3, 5, 4), (2, 2), "SAME"),
+    ((1, 5, 3, 1), (2, 2), "VALID"),
+    ((2, 3, 5, 3), (1, 2), "VALID"),
+    ((1, 3, 2, 4, 2), (2, 2, 2), "VALID"),
+    ((2, 4, 4, 3), (3, 3), "SAME"),
+    ((2, 4, 4, 3), (2, 2), ((1, 0), (0, 1))),
+]
+
+
+@pytest.mark.parametrize(("shape", "kernel", "padding"), TRANSPOSE_CASES, ids=str)
+def test_conv_transpose_equals_flax(shape, kernel, padding):
+    rng = np.random.default_rng(7)
+    x = normal(rng, shape)
+    strides = kernel if kernel != (3, 3) else (2, 2)
+    ref = nn.ConvTranspose(6, kernel, strides=strides, padding=padding)
+    ours = ConvTranspose(6, kernel, strides=strides, padding=padding)
+    v = ref.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, v)
+    v = jax.tree.map(lambda a: normal(rng, a.shape), v)
+    y, y_ref = ours.apply(v, x), ref.apply(v, x)
+    assert y.shape == y_ref.shape
+    if strides != kernel or padding not in ("SAME", "VALID"):
+        np.testing.assert_array_equal(y, y_ref)
+        return
+    # Both are float32 sums over Cin products (each output sees one tap), orders may differ.
+    mag = ref.apply(jax.tree.map(jnp.abs, v), jnp.abs(x))  # sum |x| |k| + |bias|
+    bound = 2 * gamma(shape[-1] + 2) * np.asarray(mag, np.float64)
+    np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - y_ref), bound + 1e-30)
