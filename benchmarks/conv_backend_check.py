@@ -30,8 +30,9 @@ def compiled_gradient_hlo() -> str:
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
 
     def loss(params, batch_stats, x, m):
-        z, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                           mutable=["batch_stats"])
+        z, _ = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
         return structure_loss(z, m)
 
     grad = jax.jit(jax.grad(loss))
@@ -49,8 +50,10 @@ def main() -> int:
         print(f"cuDNN convolution calls in the compiled UNet gradient: {counts}")
         ok = counts["BackwardFilter"] >= N_3X3
         if not ok:
-            print(f"FAIL: expected at least {N_3X3} cuDNN kernel-gradient calls (one per 3x3 "
-                  "conv); the CPU im2col path may have leaked into the GPU program.")
+            print(
+                f"FAIL: expected at least {N_3X3} cuDNN kernel-gradient calls (one per 3x3 "
+                "conv); the CPU im2col path may have leaked into the GPU program."
+            )
     else:
         n = len(re.findall(r" convolution\(", hlo))
         print(f"{platform}: {n} XLA convolutions in the compiled UNet gradient")
@@ -58,8 +61,10 @@ def main() -> int:
         # (XLA's own path has three per conv: about 3 * 19 with the 1x1 head.)
         ok = N_3X3 <= n <= 2 * (N_3X3 + 1)
         if not ok:
-            print(f"FAIL: expected at most 2 per conv ({2 * (N_3X3 + 1)}): forward and input "
-                  "gradient, no kernel-gradient ones.")
+            print(
+                f"FAIL: expected at most 2 per conv ({2 * (N_3X3 + 1)}): forward and input "
+                "gradient, no kernel-gradient ones."
+            )
     return 0 if ok else 1
 
 

@@ -74,8 +74,12 @@ def torch_unet():
 
     def double(cin, cout):
         return tnn.Sequential(
-            tnn.Conv2d(cin, cout, 3, padding=1), tnn.BatchNorm2d(cout), tnn.ReLU(inplace=True),
-            tnn.Conv2d(cout, cout, 3, padding=1), tnn.BatchNorm2d(cout), tnn.ReLU(inplace=True),
+            tnn.Conv2d(cin, cout, 3, padding=1),
+            tnn.BatchNorm2d(cout),
+            tnn.ReLU(inplace=True),
+            tnn.Conv2d(cout, cout, 3, padding=1),
+            tnn.BatchNorm2d(cout),
+            tnn.ReLU(inplace=True),
         )
 
     class UNet(tnn.Module):
@@ -137,8 +141,9 @@ def torch_step_time(data, args) -> float:
 
 def jax_step_time(ife, data, args) -> tuple[float, float]:
     """(step seconds, compile seconds) of ife-jax's train step for UNet with ``ife``."""
-    config = TrainConfig(model="unet", ife=ife, precision=args.precision,
-                         batch_size=args.batch_size)
+    config = TrainConfig(
+        model="unet", ife=ife, precision=args.precision, batch_size=args.batch_size
+    )
     model = build_model(config)
     tx = make_optimizer(config, 100)
     mesh = make_mesh()
@@ -169,8 +174,13 @@ def conv_cases(size):
     """(name, H, Cin, Cout, kind) of the UNet's distinct convolutions at input ``size``."""
     cases = [(f"3x3 {c}->{c} @{size >> i}", size >> i, c, c, "3x3") for i, c in enumerate(WIDTHS)]
     cases += [
-        (f"up 2x2 {WIDTHS[k + 1]}->{WIDTHS[k]} @{size >> (k + 1)}", size >> (k + 1),
-         WIDTHS[k + 1], WIDTHS[k], "up")
+        (
+            f"up 2x2 {WIDTHS[k + 1]}->{WIDTHS[k]} @{size >> (k + 1)}",
+            size >> (k + 1),
+            WIDTHS[k + 1],
+            WIDTHS[k],
+            "up",
+        )
         for k in (3, 0)
     ]
     return cases
@@ -203,8 +213,9 @@ def jax_conv_times(h, cin, cout, kind, args, fast: bool) -> list[float]:
     fwd = jax.jit(f)
     dx = jax.jit(lambda x, w: jax.vjp(lambda x_: f(x_, w), x)[1](g)[0])
     dw = jax.jit(lambda x, w: jax.vjp(lambda w_: f(x, w_), w)[1](g)[0])
-    return [best_of(lambda fn=fn: fn(x, w).block_until_ready(), args.conv_runs) for fn in
-            (fwd, dx, dw)]
+    return [
+        best_of(lambda fn=fn: fn(x, w).block_until_ready(), args.conv_runs) for fn in (fwd, dx, dw)
+    ]
 
 
 def torch_conv_times(h, cin, cout, kind, args) -> list[float]:
@@ -262,8 +273,12 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="PyTorch intra-op threads (default: all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="PyTorch intra-op threads (default: all cores)",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--conv-runs", type=int, default=5)
     parser.add_argument("--no-conv-table", dest="conv_table", action="store_false")
@@ -276,9 +291,11 @@ def main(argv=None) -> None:
         print("note: PyTorch is not installed (or --no-torch): its columns are skipped.")
     else:
         torch.set_num_threads(args.threads)
-    print(f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores, batch {args.batch_size}, "
-          f"{args.size}x{args.size}, {args.precision}, best of {args.runs} steps"
-          + (f", torch {torch.__version__} on {args.threads} threads" if torch else ""))
+    print(
+        f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores, batch {args.batch_size}, "
+        f"{args.size}x{args.size}, {args.precision}, best of {args.runs} steps"
+        + (f", torch {torch.__version__} on {args.threads} threads" if torch else "")
+    )
     data = batch(args.size, args.batch_size)
     rows = []
     if torch is not None:

@@ -44,8 +44,16 @@ def _explicit_padding(padding, x_shape, k_shape, dilation) -> tuple[tuple[int, i
     return pads
 
 
-def _fast_path_args(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                    dimension_numbers, feature_group_count):
+def _fast_path_args(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+):
     """(padding, dilation) when the custom kernel gradient applies, else None."""
     if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1:
         return None
@@ -86,13 +94,34 @@ def conv_general_dilated(
     Args: as ``lax.conv_general_dilated``; lhs: (B, H, W, Cin), rhs: (kh, kw, Cin, Cout).
     Returns: (B, H', W', Cout).
     """
-    fast = _fast_path_args(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                           dimension_numbers, feature_group_count)
-    if (fast is None or batch_group_count != 1 or preferred_element_type is not None
-            or lhs.dtype != rhs.dtype):
+    fast = _fast_path_args(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+    )
+    if (
+        fast is None
+        or batch_group_count != 1
+        or preferred_element_type is not None
+        or lhs.dtype != rhs.dtype
+    ):
         return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, batch_group_count, precision, preferred_element_type,
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            precision,
+            preferred_element_type,
         )
     pads, dilation = fast
     return _conv(lhs, rhs, pads, dilation, precision)
@@ -243,15 +272,14 @@ class ConvTranspose(nn.Module):
         )
         bias = (
             self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None
+            if self.use_bias
+            else None
         )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         if ks == strides and self.padding in ("SAME", "VALID"):
             y = _tile_upsample(x, kernel, self.precision)
         else:
-            y = lax.conv_transpose(
-                x, kernel, strides, self.padding, precision=self.precision
-            )
+            y = lax.conv_transpose(x, kernel, strides, self.padding, precision=self.precision)
         if bias is not None:
             y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
         return y

@@ -49,8 +49,11 @@ def reference_conv_grads(x, w, r, pads, dilation):
             dx_mag[win] += np.abs(r64) @ np.abs(w64[p, q]).T
             dwt[p, q] = np.einsum("bhwc,bhwo->co", xp[win], r64)
             dw_mag[p, q] = np.einsum("bhwc,bhwo->co", np.abs(xp[win]), np.abs(r64))
-    crop = (slice(None), slice(pads[0][0], pads[0][0] + x.shape[1]),
-            slice(pads[1][0], pads[1][0] + x.shape[2]))
+    crop = (
+        slice(None),
+        slice(pads[0][0], pads[0][0] + x.shape[1]),
+        slice(pads[1][0], pads[1][0] + x.shape[2]),
+    )
     return y, dxp[crop], dx_mag[crop], dwt, dw_mag
 
 
@@ -71,13 +74,15 @@ FAST_CASES = [
 
 
 def fast_conv(x, w, pads, dilation):
-    return conv_general_dilated(x, w, (1, 1), pads, rhs_dilation=(dilation,) * 2,
-                                dimension_numbers=NHWC)
+    return conv_general_dilated(
+        x, w, (1, 1), pads, rhs_dilation=(dilation,) * 2, dimension_numbers=NHWC
+    )
 
 
 def xla_conv(x, w, pads, dilation):
-    return lax.conv_general_dilated(x, w, (1, 1), pads, rhs_dilation=(dilation,) * 2,
-                                    dimension_numbers=NHWC)
+    return lax.conv_general_dilated(
+        x, w, (1, 1), pads, rhs_dilation=(dilation,) * 2, dimension_numbers=NHWC
+    )
 
 
 def explicit(pads, x_shape, kernel, dilation):
@@ -108,15 +113,20 @@ def test_forward_bit_equal_and_gradients_match_float64(case, jit):
     n_dw = b * y.shape[1] * y.shape[2]
     n_dx = kernel[0] * kernel[1] * cout
     assert dw.dtype == jnp.float32 and dw.shape == w.shape
-    np.testing.assert_array_less(np.abs(np.asarray(dw, np.float64) - dw64),
-                                 gamma(n_dw + 1) * dw_mag + 1e-30)
-    np.testing.assert_array_less(np.abs(np.asarray(dx, np.float64) - dx64),
-                                 gamma(n_dx + 1) * dx_mag + 1e-30)
+    np.testing.assert_array_less(
+        np.abs(np.asarray(dw, np.float64) - dw64), gamma(n_dw + 1) * dw_mag + 1e-30
+    )
+    np.testing.assert_array_less(
+        np.abs(np.asarray(dx, np.float64) - dx64), gamma(n_dx + 1) * dx_mag + 1e-30
+    )
     # The oracle itself: its forward agrees with XLA's within the forward's own error bound.
-    y_mag = reference_conv_grads(np.abs(x), np.abs(w), np.zeros(r.shape),
-                                 explicit(pads, x.shape[1:3], kernel, d), (d, d))[0]
-    np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - y64),
-                                 gamma(kernel[0] * kernel[1] * cin + 1) * y_mag + 1e-30)
+    y_mag = reference_conv_grads(
+        np.abs(x), np.abs(w), np.zeros(r.shape), explicit(pads, x.shape[1:3], kernel, d), (d, d)
+    )[0]
+    np.testing.assert_array_less(
+        np.abs(np.asarray(y, np.float64) - y64),
+        gamma(kernel[0] * kernel[1] * cin + 1) * y_mag + 1e-30,
+    )
 
 
 def test_input_gradient_is_xlas_own():
@@ -140,8 +150,9 @@ def test_blocked_kernel_gradient_with_a_partial_last_block(block_bytes):
     pads = ((1, 1), (1, 1))
     dw = im2col_kernel_grad(x, r, (3, 3), pads=pads, block_bytes=block_bytes)
     _, _, _, dw64, dw_mag = reference_conv_grads(x, w, r, pads, (1, 1))
-    np.testing.assert_array_less(np.abs(np.asarray(dw, np.float64) - dw64),
-                                 gamma(2 * 7 * 6 + 1) * dw_mag + 1e-30)
+    np.testing.assert_array_less(
+        np.abs(np.asarray(dw, np.float64) - dw64), gamma(2 * 7 * 6 + 1) * dw_mag + 1e-30
+    )
 
 
 def test_cpu_kernel_gradient_is_the_im2col_product():
@@ -168,8 +179,9 @@ def test_bfloat16_kernel_gradient_keeps_the_kernel_dtype():
     ones = np.ones((1, 6, 6, 2))
     _, _, _, dw64, dw_mag = reference_conv_grads(xb.astype(jnp.float32), w, ones, pads, (1, 1))
     # float32 accumulation, then one bfloat16 rounding (u = 2**-8) of the result.
-    np.testing.assert_array_less(np.abs(np.asarray(dw, np.float64) - dw64),
-                                 (gamma(37) + 2.0**-8) * dw_mag + 1e-30)
+    np.testing.assert_array_less(
+        np.abs(np.asarray(dw, np.float64) - dw64), (gamma(37) + 2.0**-8) * dw_mag + 1e-30
+    )
 
 
 FALLBACK_CASES = [
