@@ -189,6 +189,20 @@ def paired_seed_test(baseline: Sequence[float], variant: Sequence[float]) -> dic
     return {**out, "ci_low": d.mean() - half, "ci_high": d.mean() + half, "t": t, "p": p}
 
 
+def convergence(curve: Sequence[tuple[int, float]]) -> float:
+    """How much validation Dice the last quarter of epochs gained: the best value after epoch
+    ``E - E // 4`` minus the value at that epoch (``E`` the last epoch; NaN for a curve of
+    fewer than 4 epochs). A converged run gains less than 0.01."""
+    points = dict(curve)
+    if not points or max(points) < 4:
+        return math.nan
+    last = max(points)
+    start = last - last // 4
+    if start not in points:
+        return math.nan
+    return max(v for e, v in points.items() if e >= start) - points[start]
+
+
 def verdict(test: dict, *, baseline: str, variant: str, metric: str = "DSC") -> str:
     """One line from :func:`paired_seed_test` on a x100 metric: the difference, its interval, p
     and whether it is significant at :data:`SIGNIFICANCE` with that many seeds."""

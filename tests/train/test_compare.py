@@ -197,3 +197,13 @@ def test_compare_resumes_after_being_killed(tmp_path, train_env):
         _compare_cmd(output, data), env=train_env(), capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0 and "== " not in again.stdout
+
+
+def test_convergence_is_the_gain_over_the_last_quarter():
+    from ife_jax.train.compare import convergence
+
+    curve = [(e, v) for e, v in enumerate([0.3, 0.5, 0.7, 0.80, 0.84, 0.85, 0.846, 0.851], 1)]
+    # 8 epochs: the last quarter starts at epoch 6 (0.85); its best is 0.851.
+    assert convergence(curve) == pytest.approx(0.001)
+    assert convergence(curve[:6]) == pytest.approx(0.85 - 0.84)  # from epoch 5 to 6
+    assert math.isnan(convergence(curve[:3]))
