@@ -1,8 +1,9 @@
 """The ``ife-jax`` command line. It only parses arguments and calls the library.
 
-Commands: ``train``, ``evaluate``, ``predict``, ``plan``, ``build-dataset`` and ``demo``;
-``ife-jax COMMAND --help`` describes each. Bad arguments (a value, a file, a flag) print one
-line on stderr and exit with status 2; other failures print one line and exit with status 1.
+Commands: ``train``, ``compare``, ``evaluate``, ``predict``, ``plan``, ``build-dataset`` and
+``demo``; ``ife-jax COMMAND --help`` describes each. Bad arguments (a value, a file, a flag)
+print one line on stderr and exit with status 2; other failures print one line and exit with
+status 1.
 ``--debug`` shows the traceback instead.
 """
 
@@ -45,6 +46,24 @@ def _ife(text: str) -> str:
     if text not in ("curvature", "entropy"):
         raise argparse.ArgumentTypeError(f"must be none, curvature or entropy, got {text!r}")
     return text
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    from ife_jax.train.compare import parse_variants
+
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    # "unet+e@0.75,0.5" holds a comma: a number after a comma continues the previous ratios.
+    merged: list[str] = []
+    for item in items:
+        if merged and "@" in merged[-1] and item.replace(".", "", 1).isdigit():
+            merged[-1] += "," + item
+        else:
+            merged.append(item)
+    try:
+        parse_variants(merged)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return tuple(merged)
 
 
 # Command-line flag -> TrainConfig field.
@@ -177,35 +196,42 @@ def _build_dataset(args) -> int:
         manual_dir=args.manual_dir,
         skip_invalid=args.skip_invalid,
         overwrite=args.overwrite,
+        anatomy=args.anatomy,
+        split_by=args.split_by,
+        **({"name": args.dataset_name} if args.dataset_name else {}),
     )
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
     print(f"{builder.info.full_name} in {builder.data_dir}: {splits}")
     return 0
 
 
-def _demo(args) -> int:
-    from ife_jax.train.demo import run_demo
+def _compare(args) -> int:
+    from ife_jax.train.compare import compare
 
-    run_demo(args.output, epochs=args.epochs, data_dir=args.data_dir)
+    config = _train_config(args)
+    result = compare(
+        config, args.variants, args.output, seeds=args.seeds, progress=not args.no_progress
+    )
+    print("\n" + result["text"]["standard"])
+    print(f"report (both conventions, seeds.csv, comparison.png) in {result['report']}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ife-jax", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+def _demo(args) -> int:
+    from ife_jax.train.demo import run_demo
 
-    def add(name, **kwargs):
-        return sub.add_parser(name, parents=[common], **kwargs)
-
-    p = add(
-        "train",
-        help="train a network (resumes from WORKDIR)",
-        description="Train a network, with or without IFE; rerun with the same "
-        "--workdir to resume after a crash.",
+    run_demo(
+        args.output,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
     )
-    p.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, figures)")
+    return 0
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that make a ``TrainConfig`` (``train`` and ``compare``)."""
     p.add_argument(
         "--preset",
         help="unet, deeplabv3plus, sinetv2, nnunet, each also as NAME+c or NAME+e (Table 1's "
@@ -241,8 +267,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the backbone from this state dict (.safetensors, .npz or .pth): "
         "torchvision ResNet-50/101 for deeplabv3plus, Res2Net-50 v1b for sinetv2",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ife-jax", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+    def add(name, **kwargs):
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add(
+        "train",
+        help="train a network (resumes from WORKDIR)",
+        description="Train a network, with or without IFE; rerun with the same "
+        "--workdir to resume after a crash.",
+    )
+    p.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, figures)")
+    _add_config_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+
+    p = add(
+        "compare",
+        help="train variants x seeds and compare them over seeds",
+        description="Train each variant (e.g. unet,unet+c,unet+e@0.75,0.5; the first is the "
+        "baseline) with --seeds seeds, each run in OUTPUT/VARIANT/seedS (a rerun resumes "
+        "unfinished runs and skips finished ones), and write a report with mean ± std over "
+        "seeds and paired t-tests over seeds. The configuration flags set everything but the "
+        "network, IFE and ratios, which come from the variants.",
+    )
+    p.add_argument(
+        "--variants",
+        type=_variants,
+        required=True,
+        help="comma-separated NET[+c|+e][@R1,R2,...], e.g. unet,unet+c,unet+e",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="runs per variant (default 3)")
+    p.add_argument("--output", required=True, help="folder of the runs and the report")
+    _add_config_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_compare)
 
     p = add(
         "evaluate",
@@ -293,18 +359,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--manual-dir", help="the assembled Cosmos55k folder")
     p.add_argument("--skip-invalid", action="store_true")
+    p.add_argument(
+        "--anatomy", help="a folder: keep only this structure (e.g. Kidney), one binary task"
+    )
+    p.add_argument(
+        "--split-by",
+        choices=("hash", "slices"),
+        default="hash",
+        help="a folder without split files: hashed ids (default) or contiguous slice ranges "
+        "per volume (train, val, test in slice order; for slices of volumes)",
+    )
+    p.add_argument("--dataset-name", help="a folder: the dataset name (default from the folder)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_build_dataset)
 
     p = add(
         "demo",
-        help="train and compare UNet, UNet+C and UNet+E on synthetic data",
-        description="Builds a small synthetic dataset, trains UNet, UNet+C and "
-        "UNet+E briefly (narrow networks, small images) and prints the Table-1 "
-        "style comparison.",
+        help="compare UNet, UNet+C and UNet+E over 3 seeds on synthetic data",
+        description="Builds a small synthetic dataset, trains UNet, UNet+C and UNet+E "
+        "(narrow networks, small images) with 3 seeds each until their validation Dice stops "
+        "rising, and prints the comparison over seeds (a rerun resumes).",
     )
     p.add_argument("--output", default="ife_jax_demo", help="folder (default ./ife_jax_demo)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per model")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 14)")
+    p.add_argument("--seeds", type=int, default=3, help="runs per variant (default 3)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--data-dir", help="TFDS data directory (default OUTPUT/tfds)")
     p.set_defaults(func=_demo)
     return parser

@@ -65,6 +65,8 @@ def build(
     layout: str = "auto",
     skip_invalid: bool = False,
     overwrite: bool = False,
+    anatomy: str | None = None,
+    split_by: str = "hash",
 ) -> tfds.core.DatasetBuilder:
     """Builds (or reuses) a dataset and returns its prepared TFDS builder.
 
@@ -84,6 +86,10 @@ def build(
       skip_invalid: leave bad files out and list them in ``build_report.json`` instead of
         raising :class:`DatasetBuildError` (folder builders).
       overwrite: rebuild even if the dataset already exists.
+      anatomy: a folder only: keep the pairs of this anatomy; the default name gets
+        ``_<anatomy>`` appended.
+      split_by: a folder without split files: ``"hash"`` or ``"slices"`` (contiguous slice
+        ranges per volume); the default name gets ``_slices`` appended for the latter.
 
     Returns:
       the builder, prepared; ``builder.as_data_source(split=...)`` gives random-access sources.
@@ -103,9 +109,20 @@ def build(
         ),
     )
     head, _, tail = spec.partition("/")
+    if (anatomy is not None or split_by != "hash") and not os.path.isdir(spec):
+        raise ValueError(f"anatomy and split_by apply to a folder of pairs, not to {spec!r}")
     if os.path.isdir(spec) and head not in ("synthetic", "cosmos55k", "dmis_folder"):
-        cfg = config or folder_config(name or _folder_name(spec), version=version)
-        builder = DmisFolder(config=cfg, source_dir=spec, data_dir=data_dir, **folder_kwargs)
+        if name is None:
+            name = _folder_name(spec)
+            if anatomy is not None:
+                name += "_" + re.sub(r"[^a-z0-9_]+", "_", anatomy.lower())
+            if split_by == "slices":
+                name += "_slices"
+        cfg = config or folder_config(name, version=version)
+        builder = DmisFolder(
+            config=cfg, source_dir=spec, data_dir=data_dir, anatomy=anatomy,
+            split_by=split_by, **folder_kwargs,
+        )  # fmt: skip
     elif head == "synthetic":
         builder = Synthetic(config=config or (tail or None), data_dir=data_dir)
     elif head == "cosmos55k" and not tail:

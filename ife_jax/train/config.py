@@ -283,17 +283,18 @@ PRESETS: dict[str, TrainConfig] = {
         eval_size=32,
         learning_rate=1e-3,
     ),
-    # The built-in demonstration: a narrow UNet trained for a few minutes on a 2-core CPU.
+    # The built-in demonstration: a narrow UNet trained to convergence on a 2-core CPU (at
+    # 64 px its validation Dice stops rising a few epochs after the decay at epoch 7).
     "demo": TrainConfig(
         model="unet",
         dataset="synthetic/small",
         model_kwargs={"widths": (8, 16, 32, 64, 128)},
-        max_train_examples=96,
+        max_train_examples=160,
         max_eval_examples=32,
         batch_size=8,
-        epochs=6,
-        train_sizes=(64,),
-        eval_size=64,
+        epochs=14,
+        train_sizes=(80,),
+        eval_size=80,
         learning_rate=1e-3,
     ),
 }

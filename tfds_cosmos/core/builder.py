@@ -73,6 +73,11 @@ class DmisFolderBuilder(CodePathMixin, tfds.core.GeneratorBasedBuilder, skip_reg
       skip_invalid: if False (default) any problem raises :class:`DatasetBuildError` naming the
         files; if True the bad files are left out and listed in ``build_report.json``.
       source_dir: the folder to read; defaults to the download config's ``manual_dir``.
+      anatomy: keep only the pairs of this anatomy (one binary task per structure when the
+        same slice appears under several structures).
+      split_by: without split files in the folder, ``"hash"`` (ids hashed, per modality and
+        anatomy) or ``"slices"`` (contiguous slice ranges per volume, see
+        :func:`tfds_cosmos.core.scan.slice_split`).
 
     ``file_format`` defaults to ``"array_record"`` (read with ``as_data_source``; TensorFlow is
     never needed). After a build, ``build_report.json`` in the dataset folder lists the split
@@ -86,10 +91,16 @@ class DmisFolderBuilder(CodePathMixin, tfds.core.GeneratorBasedBuilder, skip_reg
         layout: str = "auto",
         skip_invalid: bool = False,
         source_dir: str | os.PathLike | None = None,
+        anatomy: str | None = None,
+        split_by: str = "hash",
         **kwargs,
     ):
         if layout not in scan_lib.LAYOUTS:
             raise ValueError(f"layout must be one of {scan_lib.LAYOUTS}, got {layout!r}")
+        if split_by not in scan_lib.SPLIT_METHODS:
+            raise ValueError(f"split_by must be one of {scan_lib.SPLIT_METHODS}, got {split_by!r}")
+        self._anatomy = anatomy
+        self._split_by = split_by
         self._layout = layout
         self._skip_invalid = bool(skip_invalid)
         self._source_dir = None if source_dir is None else os.fspath(source_dir)
@@ -120,7 +131,17 @@ class DmisFolderBuilder(CodePathMixin, tfds.core.GeneratorBasedBuilder, skip_reg
     def _split_generators(self, dl_manager):
         root = self._resolve_source(dl_manager)
         scan = scan_lib.scan_folder(root, layout=self._layout)
-        splits, split_problems, source = scan_lib.assign_splits(scan.pairs, root)
+        pairs = scan.pairs
+        if self._anatomy is not None:
+            pairs = [p for p in pairs if p.anatomy == self._anatomy]
+            if not pairs:
+                found = sorted({p.anatomy for p in scan.pairs})
+                raise DatasetBuildError(
+                    f"anatomy={self._anatomy!r}: no pair of {root} has it; found {found}"
+                )
+        splits, split_problems, source = scan_lib.assign_splits(
+            pairs, root, split_by=self._split_by
+        )
         problems = scan.problems + split_problems
         if problems and not self._skip_invalid:
             raise DatasetBuildError(
@@ -139,6 +160,7 @@ class DmisFolderBuilder(CodePathMixin, tfds.core.GeneratorBasedBuilder, skip_reg
             "source": os.path.abspath(root),
             "layout": scan.layout,
             "split_source": source,
+            "anatomy": self._anatomy,
             "skip_invalid": self._skip_invalid,
             "num_examples": {},
             "skipped": [p.as_dict() for p in problems],

@@ -19,6 +19,7 @@ import collections
 import dataclasses
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from PIL import Image
@@ -289,10 +290,55 @@ def hash_split(
     return {name: sorted(v, key=lambda p: p.image_id) for name, v in out.items()}
 
 
+_SLICE_ID = re.compile(r"^(?P<volume>.*?)(?P<slice>\d+)$")
+SPLIT_METHODS = ("hash", "slices")
+
+
+def slice_split(
+    pairs: Iterable[Pair], *, proportions: Mapping[str, float] | None = None
+) -> dict[str, list[Pair]]:
+    """Split by contiguous slice ranges: neighbouring slices of a volume never straddle train and
+    test.
+
+    An image id ending in a number is slice ``<number>`` of volume ``<the id before it>``
+    (``CT_Kidney_ct-083``: slice 83 of ``CT_Kidney_ct-``). Each volume's slices are sorted by
+    number and cut, in that order, into consecutive blocks of the given proportions (default
+    the paper's, as :func:`hash_split`): train, then val, then test, so val lies between
+    train and test.
+
+    Raises:
+      ValueError: naming an image id that does not end in a slice number.
+    """
+    counts = proportions or PAPER_SPLIT_COUNTS
+    total = float(sum(counts.values()))
+    names = list(counts)
+    volumes: dict[str, list[tuple[int, Pair]]] = collections.defaultdict(list)
+    for p in pairs:
+        m = _SLICE_ID.match(p.image_id)
+        if m is None:
+            raise ValueError(
+                f"image id {p.image_id!r} does not end in a slice number; a split by slice "
+                "ranges needs ids like <Modality>_<Anatomy>_<volume>-<slice>"
+            )
+        volumes[m["volume"]].append((int(m["slice"]), p))
+    out: dict[str, list[Pair]] = {name: [] for name in names}
+    for key in sorted(volumes):
+        members = [p for _, p in sorted(volumes[key], key=lambda t: (t[0], t[1].image_id))]
+        n = len(members)
+        start, cum = 0, 0.0
+        for name in names:
+            cum += counts[name] / total
+            stop = n if name == names[-1] else int(round(n * cum))
+            out[name].extend(members[start:stop])
+            start = stop
+    return {name: sorted(v, key=lambda p: p.image_id) for name, v in out.items()}
+
+
 def assign_splits(
-    pairs: Sequence[Pair], root: str | os.PathLike
+    pairs: Sequence[Pair], root: str | os.PathLike, *, split_by: str = "hash"
 ) -> tuple[dict[str, list[Pair]], list[Problem], str]:
-    """Splits from the id lists in ``root`` if any exist, else :func:`hash_split`.
+    """Splits from the id lists in ``root`` if any exist, else :func:`hash_split`
+    (``split_by="hash"``) or :func:`slice_split` (``split_by="slices"``).
 
     Returns:
       ``(splits, problems, source)`` where ``source`` is ``"files"`` or ``"hash"``. Problems:
@@ -300,10 +346,12 @@ def assign_splits(
       split file, an empty split.
     """
     problems: list[Problem] = []
+    if split_by not in SPLIT_METHODS:
+        raise ValueError(f"split_by must be one of {SPLIT_METHODS}, got {split_by!r}")
     listed = read_split_files(root)
     if not listed:
-        splits = hash_split(pairs)
-        source = "hash"
+        splits = hash_split(pairs) if split_by == "hash" else slice_split(pairs)
+        source = split_by
         split_files = {s: os.path.join(os.fspath(root), SPLIT_FILE_NAMES[s]) for s in splits}
     else:
         source = "files"

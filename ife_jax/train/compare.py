@@ -1,0 +1,528 @@
+"""``compare``: several model variants x several seeds on one dataset, one seed-level report.
+
+Each (variant, seed) run trains in its own workdir ``OUTPUT/<variant>/seed<S>`` (resumed if it
+was interrupted) and is evaluated on the test split; the run's per-image records and its
+validation curve are then kept in ``result.json`` there, and a rerun skips runs that have one.
+The report treats **seeds as the replicates**: a run contributes one value per metric (its mean
+over the test images), tables show mean ± std of those values over seeds, and each variant is
+compared with the baseline (the first variant) by the paired t-test over seeds of per-seed mean
+DSC (runs of one seed share the data order), with the difference of seed means and its 95%
+t confidence interval.
+
+A test over images pooled across seeds is deliberately not made: the test images are the same
+in every run, so per-image scores of one run are not replicates of the method, and a model of
+images x seeds (images as a random effect) needs more seeds than a comparison on a CPU affords
+to estimate the seed variance it rests on. The per-modality and per-anatomy comparisons use the
+same seed-level test on each group's per-seed means.
+
+Variant strings: ``NET[+c|+e][@R1,R2,...]`` with NET one of ``unet``, ``deeplabv3plus``,
+``sinetv2``, ``nnunet``; ``+c`` curvature IFE, ``+e`` entropy IFE, with the ratios of the
+network's Table 1 row unless ``@`` gives them (shallow to deep, each in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ife_jax.train.config import MODELS, TABLE1_RATIOS, TrainConfig
+
+#: Paired differences with p below this are called significant in the verdicts.
+SIGNIFICANCE = 0.05
+_VARIANT = re.compile(r"^(?P<net>[a-z0-9]+)(?:\+(?P<ife>[ce]))?(?:@(?P<ratios>[^@]+))?$")
+_RESULT = "result.json"
+_RESULT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One model variant of a comparison.
+
+    Attributes:
+      spec: the string it was parsed from (normalised to lower case).
+      name: the report's name (``UNet``, ``UNet+C``, ``UNet+E@0.75,0.5``).
+      model, ife, ratios: the ``TrainConfig`` fields it sets.
+    """
+
+    spec: str
+    name: str
+    model: str
+    ife: str | None
+    ratios: tuple[float, ...] | None
+
+    @property
+    def folder(self) -> str:
+        """A file-name-safe folder name: ``unet``, ``unet_c``, ``unet_e-0.75_0.5``."""
+        return self.spec.replace("+", "_").replace("@", "-").replace(",", "_")
+
+
+def parse_variant(text: str) -> Variant:
+    """``"unet"``, ``"unet+c"``, ``"unet+e@0.75,0.5"``, ... as a :class:`Variant`.
+
+    Raises:
+      ValueError: naming ``text`` when it is not of the form ``NET[+c|+e][@R1,R2,...]``, names
+        an unknown network, gives ratios without IFE or a ratio outside [0, 1].
+    """
+    from ife_jax.train.evaluate import MODEL_NAMES
+
+    spec = str(text).strip().lower()
+    form = "expected NET[+c|+e][@R1,R2,...], e.g. unet, unet+c, unet+e@0.75,0.5"
+    m = _VARIANT.match(spec)
+    if m is None:
+        raise ValueError(f"variant {text!r}: {form}")
+    net, code, ratio_text = m["net"], m["ife"], m["ratios"]
+    if net not in MODELS:
+        raise ValueError(f"variant {text!r}: unknown network {net!r}; choose one of {MODELS}")
+    ife = {"c": "curvature", "e": "entropy", None: None}[code]
+    if ratio_text is not None:
+        if ife is None:
+            raise ValueError(f"variant {text!r}: ratios need +c or +e ({form})")
+        try:
+            ratios = tuple(float(r) for r in ratio_text.split(","))
+        except ValueError:
+            raise ValueError(f"variant {text!r}: ratios must be numbers ({form})") from None
+        if not all(0.0 <= r <= 1.0 for r in ratios):
+            raise ValueError(f"variant {text!r}: every ratio must lie in [0, 1]")
+    else:
+        ratios = TABLE1_RATIOS[net][ife] if ife else None
+    name = MODEL_NAMES[net] + {"curvature": "+C", "entropy": "+E", None: ""}[ife]
+    if ratio_text is not None:
+        name += "@" + ",".join(f"{r:g}" for r in ratios)
+    return Variant(spec=spec, name=name, model=net, ife=ife, ratios=ratios)
+
+
+def parse_variants(texts: Sequence[str]) -> list[Variant]:
+    """:func:`parse_variant` of each; raises ``ValueError`` on an empty list or a repeat."""
+    variants = [parse_variant(t) for t in texts]
+    if not variants:
+        raise ValueError("variants is empty: give at least one, e.g. unet,unet+c,unet+e")
+    names = [v.name for v in variants]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"variants {repeated} are given more than once")
+    return variants
+
+
+def run_config(base: TrainConfig, variant: Variant, seed: int) -> TrainConfig:
+    """``base`` with the variant's network, IFE and ratios and ``seed``. The base's
+    ``model_kwargs`` (e.g. UNet widths) are kept for its own network and dropped for others."""
+    kwargs = base.model_kwargs if variant.model == base.model else {}
+    return base.replace(
+        model=variant.model, ife=variant.ife, ratios=variant.ratios, model_kwargs=kwargs, seed=seed
+    )
+
+
+# ----------------------------------------------------------------------------------- statistics
+
+
+def seed_records(run_records: Sequence[dict], *, model: str, seed: int) -> dict[str, list[dict]]:
+    """A run's per-image records reduced to seed-level records (one run = one replicate).
+
+    Returns:
+      ``{"all": [r], "modality": [r per modality], "anatomy": [r per anatomy]}``: records of
+      :mod:`ife_jax.metrics.report` whose metrics are the run's means over its images (of that
+      group), with ``image_id`` ``"seed<S>"``, so that ``report.format_table`` of the records of
+      several seeds shows mean ± std over seeds.
+    """
+    from ife_jax.metrics import METRIC_KEYS
+
+    def mean_record(sel, modality, anatomy):
+        rec = {"image_id": f"seed{seed}", "modality": modality, "anatomy": anatomy}
+        rec.update(model=model, seed=seed, n_images=len(sel))
+        rec.update({k: float(np.mean([float(r[k]) for r in sel])) for k in METRIC_KEYS})
+        return rec
+
+    out = {"all": [mean_record(run_records, "all", "all")]}
+    for by in ("modality", "anatomy"):
+        groups = sorted({str(r[by]) for r in run_records})
+        out[by] = [
+            mean_record(
+                [r for r in run_records if str(r[by]) == g],
+                g if by == "modality" else "all",
+                g if by == "anatomy" else "all",
+            )
+            for g in groups
+        ]
+    return out
+
+
+def paired_seed_test(baseline: Sequence[float], variant: Sequence[float]) -> dict:
+    """Difference of seed means (variant - baseline) with a 95% t interval and a paired t-test.
+
+    ``d_s = variant_s - baseline_s`` for the seeds ``s`` both ran; the interval is
+    ``mean(d) ± t_{0.975, n-1} * sd(d) / sqrt(n)`` and ``p`` the two-sided p-value of the paired
+    t-test (``t = mean(d) / (sd(d) / sqrt(n))``, n - 1 degrees of freedom).
+
+    Returns:
+      ``{"n", "mean_baseline", "mean_variant", "diff", "ci_low", "ci_high", "t", "p"}``; with one
+      seed the interval, t and p are NaN; when all differences are equal (sd 0) the interval is
+      that difference and p is 1 for a zero difference, 0 otherwise.
+    """
+    from scipy import stats
+
+    a, b = np.asarray(baseline, np.float64), np.asarray(variant, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(
+            f"need two equal, non-empty lists of seed values, got {a.shape}, {b.shape}"
+        )
+    d = b - a
+    n = d.size
+    out = {"n": n, "mean_baseline": a.mean(), "mean_variant": b.mean(), "diff": d.mean()}
+    nan = {"ci_low": math.nan, "ci_high": math.nan, "t": math.nan, "p": math.nan}
+    if n < 2:
+        return {**out, **nan}
+    sd = d.std(ddof=1)
+    if sd == 0:
+        p = 1.0 if d[0] == 0 else 0.0
+        return {**out, "ci_low": d[0], "ci_high": d[0], "t": math.nan, "p": p}
+    se = sd / math.sqrt(n)
+    half = stats.t.ppf(0.975, n - 1) * se
+    t = d.mean() / se
+    p = 2.0 * stats.t.sf(abs(t), n - 1)
+    return {**out, "ci_low": d.mean() - half, "ci_high": d.mean() + half, "t": t, "p": p}
+
+
+def convergence(curve: Sequence[tuple[int, float]]) -> float:
+    """How much validation Dice the last quarter of epochs gained: the best value after epoch
+    ``E - E // 4`` minus the value at that epoch (``E`` the last epoch; NaN for a curve of
+    fewer than 4 epochs). A converged run gains less than 0.01."""
+    points = dict(curve)
+    if not points or max(points) < 4:
+        return math.nan
+    last = max(points)
+    start = last - last // 4
+    if start not in points:
+        return math.nan
+    return max(v for e, v in points.items() if e >= start) - points[start]
+
+
+def verdict(test: dict, *, baseline: str, variant: str, metric: str = "DSC") -> str:
+    """One line from :func:`paired_seed_test` on a x100 metric: the difference, its interval, p
+    and whether it is significant at :data:`SIGNIFICANCE` with that many seeds."""
+    n, diff = test["n"], 100 * test["diff"]
+    if n < 2 or math.isnan(test["p"]):
+        return (
+            f"{variant} vs {baseline}: {metric} {diff:+.2f} points from {n} seed(s); "
+            "no test possible with fewer than 2 seeds"
+        )
+    ci = f"95% CI [{100 * test['ci_low']:+.2f}, {100 * test['ci_high']:+.2f}]"
+    p = f"p = {test['p']:.2g}"
+    if test["p"] < SIGNIFICANCE:
+        word = "better" if diff > 0 else "worse"
+        return (
+            f"{variant} vs {baseline}: {word} by {abs(diff):.2f} points of {metric} "
+            f"({ci}, {p}, paired t-test over {n} seeds)"
+        )
+    return (
+        f"{variant} vs {baseline}: no significant difference in {metric} at {n} seeds "
+        f"(difference {diff:+.2f} points, {ci}, {p})"
+    )
+
+
+def compare_variants(runs: dict[str, dict[int, list[dict]]], baseline: str, variant: str,
+                     *, key: str = "dsc", by: str = "all") -> list[dict]:  # fmt: skip
+    """Seed-level comparison of ``variant`` with ``baseline`` on ``key``, overall or per group.
+
+    Args:
+      runs: variant name -> seed -> that run's per-image records (one convention).
+      by: ``"all"``, ``"modality"`` or ``"anatomy"``.
+
+    Returns:
+      One row per group: ``{"group", **paired_seed_test(...)}`` over the seeds both ran.
+    """
+    seeds = sorted(set(runs[baseline]) & set(runs[variant]))
+    if not seeds:
+        raise ValueError(f"{baseline} and {variant} have no seed in common")
+    per_seed = {
+        name: {s: seed_records(runs[name][s], model=name, seed=s)[by] for s in seeds}
+        for name in (baseline, variant)
+    }
+    groups = sorted({r["anatomy" if by == "anatomy" else "modality"] for r in
+                     per_seed[baseline][seeds[0]]})  # fmt: skip
+    field = "anatomy" if by == "anatomy" else "modality"
+    rows = []
+    for g in groups:
+        values = {
+            name: [next(r[key] for r in per_seed[name][s] if r[field] == g) for s in seeds]
+            for name in (baseline, variant)
+        }
+        rows.append({"group": g, **paired_seed_test(values[baseline], values[variant])})
+    return rows
+
+
+def format_seed_comparison(rows: list[dict], baseline: str, variant: str, *, title: str) -> str:
+    """Printable rows of :func:`compare_variants` (x100), ``*`` marking p < 0.05."""
+    lines = [
+        f"{title}: {variant} - {baseline}, DSC(%) over seeds (paired t-test, * p < 0.05)",
+        f"  {'Group':<16} {'seeds':>5} {baseline[:14]:>14} {variant[:14]:>14} {'diff':>7} "
+        f"{'95% CI':>17} {'p':>8}",
+    ]
+    for r in rows:
+        p = (
+            "n/a"
+            if math.isnan(r["p"])
+            else f"{r['p']:.2g}" + ("*" if r["p"] < SIGNIFICANCE else "")
+        )
+        ci = "n/a" if math.isnan(r["ci_low"]) else (
+            f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]")  # fmt: skip
+        lines.append(
+            f"  {r['group'][:16]:<16} {r['n']:>5} {100 * r['mean_baseline']:>14.2f} "
+            f"{100 * r['mean_variant']:>14.2f} {100 * r['diff']:>+7.2f} {ci:>17} {p:>8}"
+        )
+    return "\n".join(lines)
+
+
+def format_report(
+    runs: dict[str, dict[int, list[dict]]], *, convention: str, about: str = ""
+) -> str:
+    """The text report of one convention: the nine metrics as mean ± std over seeds (overall,
+    by modality, by anatomy), then each variant against the first with its verdict."""
+    from ife_jax.metrics.report import format_table
+
+    names = list(runs)
+    by_group = {by: [] for by in ("all", "modality", "anatomy")}
+    for name in names:
+        for seed in sorted(runs[name]):
+            for by, recs in seed_records(runs[name][seed], model=name, seed=seed).items():
+                by_group[by] += recs
+    n_images = {len(recs) for seeds in runs.values() for recs in seeds.values()}
+    head = (
+        f"{convention} convention{': ' + about if about else ''}; "
+        f"each seed's value is its run's mean over {'/'.join(map(str, sorted(n_images)))} test "
+        "images; tables show mean ± std over seeds (N = seeds)"
+    )
+    parts = [head, "", "Overall", format_table(by_group["all"]), ""]
+    parts += ["By modality", format_table(by_group["modality"], by="modality"), ""]
+    parts += ["By anatomy", format_table(by_group["anatomy"], by="anatomy"), ""]
+    verdicts = []
+    for other in names[1:]:
+        for by in ("all", "modality", "anatomy"):
+            rows = compare_variants(runs, names[0], other, by=by)
+            title = {"all": "Overall", "modality": "By modality", "anatomy": "By anatomy"}[by]
+            parts += [format_seed_comparison(rows, names[0], other, title=title), ""]
+            if by == "all":
+                verdicts.append(verdict(rows[0], baseline=names[0], variant=other))
+    if verdicts:
+        parts += ["Verdicts (seeds as replicates):", *("  " + v for v in verdicts), ""]
+    return "\n".join(parts)
+
+
+def plot_comparison(runs: dict[str, dict[int, list[dict]]], curves: dict[str, dict[int, list]],
+                    path: str | Path) -> None:  # fmt: skip
+    """Left: test DSC (%) of each run, one point per seed per variant, with the seed mean.
+    Right: the validation Dice curves of all runs, one colour per variant."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4), constrained_layout=True)
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
+    colours = [f"C{i}" for i in range(10)]
+    for i, name in enumerate(runs):
+        c = colours[i % 10]
+        values = [
+            100 * float(np.mean([r["dsc"] for r in runs[name][s]])) for s in sorted(runs[name])
+        ]
+        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
+        ax1.plot(i + jitter, values, "o", color=c, alpha=0.8)
+        ax1.hlines(np.mean(values), i - 0.25, i + 0.25, color=c, lw=2)
+        for j, seed in enumerate(sorted(curves.get(name, {}))):
+            points = curves[name][seed]
+            if points:
+                ep, val = zip(*points, strict=True)
+                ax2.plot(ep, val, "-", color=c, alpha=0.7, lw=1.2, label=name if j == 0 else None)
+    ax1.set_xticks(range(len(runs)))
+    ax1.set_xticklabels(list(runs))
+    ax1.set(ylabel="test DSC (%)", title="one point per seed, line: seed mean")
+    ax2.set(xlabel="epoch", ylabel="validation Dice", title="validation curves of all runs")
+    ax2.legend(fontsize=8)
+    fig.savefig(str(path), dpi=110)
+
+
+# --------------------------------------------------------------------------------------- runner
+
+
+def _read_result(workdir: Path, config: TrainConfig) -> dict | None:
+    """The stored result of a finished run of ``config`` in ``workdir``, or None."""
+    path = workdir / _RESULT
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # a damaged result is recomputed from the checkpoints
+    if not isinstance(result, dict) or result.get("version") != _RESULT_VERSION:
+        return None
+    if result.get("config") != json.loads(config.to_json()):
+        raise ValueError(
+            f"{workdir} holds a finished run of another configuration; use a new --output"
+        )
+    return result
+
+
+def _validation_curve(workdir: Path) -> list[tuple[int, float]]:
+    from ife_jax.train.loop import MetricsLog
+
+    records = MetricsLog(workdir / "metrics.jsonl").read()
+    return [(int(r["epoch"]), float(r["val_dice"])) for r in records if "val_dice" in r]
+
+
+def _run_one(config, workdir: Path, *, name: str, split: str, inputs, examples, progress) -> dict:
+    """Trains (or resumes) and evaluates one run; stores and returns its result."""
+    from ife_jax.train.evaluate import CONVENTIONS, evaluate
+    from ife_jax.train.loop import train_and_evaluate
+
+    train_and_evaluate(config, workdir, inputs=inputs, progress=progress)
+    ev = evaluate(workdir, split=split, output=workdir / f"eval_{split}", examples=examples,
+                  name=name)  # fmt: skip
+    keep = ("image_id", "modality", "anatomy", "model", "empty_case")
+    result = {
+        "version": _RESULT_VERSION,
+        "config": json.loads(config.to_json()),
+        "name": name,
+        "step": ev["step"],
+        "records": {
+            c: [{k: (r[k] if k in keep else float(r[k])) for k in r} for r in ev["records"][c]]
+            for c in CONVENTIONS
+        },
+        "curve": _validation_curve(workdir),
+    }
+    tmp = workdir / (_RESULT + ".tmp")
+    tmp.write_text(json.dumps(result) + "\n")
+    os.replace(tmp, workdir / _RESULT)  # a killed write leaves no half result
+    return result
+
+
+def compare(
+    base: TrainConfig,
+    variants: Sequence[str | Variant],
+    output: str | Path,
+    *,
+    seeds: int = 3,
+    split: str = "test",
+    inputs: Callable | None = None,
+    examples=None,
+    progress: bool = True,
+    about: str = "",
+) -> dict:
+    """Trains every variant with ``seeds`` seeds and writes the seed-level comparison.
+
+    Args:
+      base: the configuration every run starts from (dataset, budget, the baseline network's
+        ``model_kwargs``); run ``k`` of a variant uses seed ``base.seed + k``.
+      variants: variant strings (see the module docstring) or :class:`Variant` s; the first is
+        the baseline.
+      output: each run in ``output/<variant>/seed<S>``; the report in ``output/report``.
+      seeds: runs per variant.
+      split: the evaluated split.
+      inputs, examples: as ``train_and_evaluate``'s ``inputs`` and ``evaluate``'s ``examples``
+        (default: the dataset's splits).
+      progress: an overall bar over the runs, plus each run's own bar.
+      about: a phrase naming the data for the report's first line.
+
+    Returns:
+      ``{"report": folder, "text": {convention: report text}, "verdicts": [...],
+      "runs": {variant: {seed: {"step", "test_dsc", "curve"}}}}``.
+
+    Raises:
+      ValueError: naming a bad variant, ``seeds < 1``, or an output that holds other runs.
+    """
+    from ife_jax.train.workdir import check_writable_folder
+
+    parsed = parse_variants([v.spec if isinstance(v, Variant) else v for v in variants])
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds}: must be >= 1")
+    output = check_writable_folder(output, what="the comparison folder")
+    plan = [(v, base.seed + k) for v in parsed for k in range(seeds)]
+    configs = {(v.name, s): run_config(base, v, s) for v, s in plan}  # validates each
+    bar = None
+    results = {}
+    for v, s in plan:
+        workdir = output / v.folder / f"seed{s}"
+        results[v.name, s] = _read_result(workdir, configs[v.name, s])
+    if progress:
+        from tqdm.auto import tqdm
+
+        done = sum(r is not None for r in results.values())
+        bar = tqdm(total=len(plan), initial=done, desc="compare", unit="run", position=0)
+    try:
+        for v, s in plan:
+            if results[v.name, s] is not None:
+                continue
+            workdir = output / v.folder / f"seed{s}"
+            message = f"== {v.name}, seed {s} ({workdir})"
+            (bar.write if bar is not None else print)(message)
+            results[v.name, s] = _run_one(
+                configs[v.name, s], workdir, name=v.name, split=split, inputs=inputs,
+                examples=examples, progress=progress,
+            )  # fmt: skip
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return write_comparison(output / "report", parsed, results, about=about)
+
+
+def write_comparison(folder: Path, variants: Sequence[Variant], results: dict, *,
+                     about: str = "") -> dict:  # fmt: skip
+    """The report of finished runs: ``summary.txt`` (both conventions), ``seeds.csv`` (every
+    run's mean of every metric), ``comparison.json`` and ``comparison.png``."""
+    import csv
+
+    from ife_jax.metrics import METRIC_KEYS
+    from ife_jax.train.evaluate import CONVENTIONS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [v.name for v in variants]
+    seeds = sorted({s for (_, s) in results})
+    runs = {
+        c: {n: {s: results[n, s]["records"][c] for s in seeds} for n in names} for c in CONVENTIONS
+    }
+    texts = {c: format_report(runs[c], convention=c, about=about) for c in CONVENTIONS}
+    (folder / "summary.txt").write_text("\n\n".join(texts.values()))
+    with open(folder / "seeds.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["convention", "model", "seed", "grouping", "group", "n_images", *METRIC_KEYS])
+        for c in CONVENTIONS:
+            for n in names:
+                for s in seeds:
+                    for by, recs in seed_records(runs[c][n][s], model=n, seed=s).items():
+                        for r in recs:
+                            group = r["anatomy"] if by == "anatomy" else r["modality"]
+                            w.writerow([c, n, s, by, group, r["n_images"],
+                                        *(repr(r[k]) for k in METRIC_KEYS)])  # fmt: skip
+    curves = {n: {s: results[n, s]["curve"] for s in seeds} for n in names}
+    plot_comparison(runs["standard"], curves, folder / "comparison.png")
+    verdicts = {
+        c: [
+            verdict(compare_variants(runs[c], names[0], n)[0], baseline=names[0], variant=n)
+            for n in names[1:]
+        ]
+        for c in CONVENTIONS
+    }
+    brief = {
+        "report": str(folder),
+        "text": texts,
+        "verdicts": verdicts,
+        "runs": {
+            n: {
+                s: {
+                    "step": results[n, s]["step"],
+                    "test_dsc": float(np.mean([r["dsc"] for r in runs["standard"][n][s]])),
+                    "curve": curves[n][s],
+                }
+                for s in seeds
+            }
+            for n in names
+        },
+    }
+    (folder / "comparison.json").write_text(
+        json.dumps({k: brief[k] for k in ("verdicts", "runs")}, indent=2) + "\n"
+    )
+    return brief

@@ -1,0 +1,209 @@
+"""``compare``: variant strings, seed-level statistics against scipy and a hand-worked example,
+and a comparison that resumes after being killed."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ife_jax.cli import main
+from ife_jax.metrics import METRIC_KEYS
+from ife_jax.train.compare import (
+    compare_variants,
+    format_report,
+    paired_seed_test,
+    parse_variant,
+    seed_records,
+    verdict,
+)
+
+
+@pytest.mark.parametrize(
+    "text, name, model, ife, ratios",
+    [
+        ("unet", "UNet", "unet", None, None),
+        ("unet+c", "UNet+C", "unet", "curvature", (0.75, 0.5)),  # Table 1's ratios
+        ("UNet+E", "UNet+E", "unet", "entropy", (0.5, 0.5)),
+        ("unet+e@0.75,0.5", "UNet+E@0.75,0.5", "unet", "entropy", (0.75, 0.5)),
+        ("deeplabv3plus+c", "DeepLabV3+" + "+C", "deeplabv3plus", "curvature", (0.75, 0.0)),
+    ],
+)
+def test_variant_strings(text, name, model, ife, ratios):
+    v = parse_variant(text)
+    assert (v.name, v.model, v.ife, v.ratios) == (name, model, ife, ratios)
+    assert "+" not in v.folder and "@" not in v.folder and "," not in v.folder
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("unet+x", "expected NET"),
+        ("resnet", "unknown network 'resnet'"),
+        ("unet@0.5", "ratios need +c or +e"),
+        ("unet+c@0.5,1.5", "[0, 1]"),
+        ("unet+c@a", "ratios must be numbers"),
+    ],
+)
+def test_bad_variant_strings_are_named(text, fragment):
+    with pytest.raises(ValueError, match=r"variant '.*'") as err:
+        parse_variant(text)
+    assert text in str(err.value) and fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "variants, named", [("unet,unet+q", "unet+q"), ("unet,unet+e@0.5,2", "unet+e@0.5,2")]
+)
+def test_a_bad_variant_is_a_one_line_cli_error_naming_it(variants, named, capsys, tmp_path):
+    argv = ["compare", "--variants", variants, "--output", str(tmp_path / "c")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"'{named}'" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()
+
+
+def _records(model, dsc_by_image, *, groups):
+    """Per-image records with the given DSC; every other metric = DSC / 2."""
+    return [
+        {"image_id": f"i{i}", "modality": m, "anatomy": a, "model": model, "empty_case": "none",
+         **{k: (d if k == "dsc" else d / 2) for k in METRIC_KEYS}}
+        for i, (d, (m, a)) in enumerate(zip(dsc_by_image, groups, strict=True))
+    ]  # fmt: skip
+
+
+GROUPS = [("CT", "Kidney"), ("CT", "Liver"), ("MR", "Kidney"), ("MR", "Liver")]
+# Per-image DSC of each run (rows: seeds 0, 1, 2; columns: the four images).
+BASE = [[0.8, 0.6, 0.7, 0.9], [0.7, 0.7, 0.8, 0.8], [0.9, 0.5, 0.6, 0.8]]
+IFE = [[0.9, 0.7, 0.7, 0.9], [0.8, 0.7, 0.9, 0.8], [0.9, 0.6, 0.6, 0.9]]
+
+
+def _runs():
+    return {
+        name: {s: _records(name, values[s], groups=GROUPS) for s in range(3)}
+        for name, values in (("UNet", BASE), ("UNet+E", IFE))
+    }
+
+
+def test_seed_statistics_by_hand():
+    # Seed means: UNet 0.75, 0.75, 0.70; UNet+E 0.80, 0.80, 0.75: differences 0.05 each.
+    (rec,) = seed_records(_runs()["UNet"][2], model="UNet", seed=2)["all"]
+    assert rec["dsc"] == pytest.approx(0.70, abs=1e-12) and rec["hd"] == pytest.approx(0.35)
+    rows = compare_variants(_runs(), "UNet", "UNet+E")
+    (row,) = rows
+    assert row["n"] == 3 and row["diff"] == pytest.approx(0.05, abs=1e-12)
+    # Every difference is 0.05: sd 0, the interval collapses to it, p = 0.
+    assert row["ci_low"] == pytest.approx(0.05) and row["ci_high"] == pytest.approx(0.05)
+    assert row["p"] == 0.0
+    # Per anatomy: Kidney (images 0, 2) seed means UNet 0.75, 0.75, 0.75; UNet+E 0.80, 0.85, 0.75
+    # -> differences 0.05, 0.10, 0.00: mean 0.05, sd 0.05, se 0.05/sqrt(3), t = sqrt(3).
+    kidney = next(r for r in compare_variants(_runs(), "UNet", "UNet+E", by="anatomy")
+                  if r["group"] == "Kidney")  # fmt: skip
+    assert kidney["diff"] == pytest.approx(0.05)
+    assert kidney["t"] == pytest.approx(math.sqrt(3))
+    half = 4.302652729911275 * 0.05 / math.sqrt(3)  # t_{0.975, 2} from a printed t table
+    assert kidney["ci_low"] == pytest.approx(0.05 - half) and kidney["ci_high"] == pytest.approx(
+        0.05 + half
+    )
+    assert kidney["p"] == pytest.approx(stats.ttest_rel([0.80, 0.85, 0.75], [0.75] * 3).pvalue)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10])
+def test_paired_seed_test_against_scipy(n):
+    rng = np.random.default_rng(n)
+    a, b = rng.uniform(0.6, 0.9, n), rng.uniform(0.6, 0.9, n)
+    got = paired_seed_test(a, b)
+    ref = stats.ttest_rel(b, a)
+    # The interval of scipy's TtestResult (scipy >= 1.10) is the mean difference's.
+    ci = ref.confidence_interval(0.95)
+    assert got["t"] == pytest.approx(ref.statistic, rel=1e-9)
+    assert got["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+
+
+def test_one_seed_gives_no_test_and_says_so():
+    got = paired_seed_test([0.7], [0.8])
+    assert math.isnan(got["p"]) and math.isnan(got["ci_low"])
+    assert "no test possible" in verdict(got, baseline="UNet", variant="UNet+C")
+
+
+def test_verdicts_follow_the_numbers():
+    better = paired_seed_test([0.70, 0.72, 0.71, 0.69], [0.75, 0.78, 0.76, 0.75])
+    line = verdict(better, baseline="UNet", variant="UNet+C")
+    assert line.startswith("UNet+C vs UNet: better by 5.50 points of DSC") and "4 seeds" in line
+    worse = paired_seed_test([0.75, 0.78, 0.76, 0.75], [0.70, 0.72, 0.71, 0.69])
+    assert "worse by 5.50 points" in verdict(worse, baseline="UNet", variant="UNet+C")
+    noise = paired_seed_test([0.70, 0.80, 0.75], [0.72, 0.76, 0.77])
+    assert noise["p"] > 0.05
+    assert "no significant difference in DSC at 3 seeds" in verdict(
+        noise, baseline="UNet", variant="UNet+C"
+    )
+
+
+def test_report_tables_are_over_seeds():
+    text = format_report(_runs(), convention="standard")
+    # Overall DSC of UNet: seed means 75, 75, 70 -> 73.33 ± 2.89 over 3 seeds.
+    line = next(ln for ln in text.splitlines() if ln.startswith("UNet ") and "±" in ln)
+    assert f"{np.mean([75, 75, 70]):.2f} ± {np.std([75, 75, 70], ddof=1):.2f}" in line
+    assert " 3 " in line  # N = seeds
+    assert "UNet+E vs UNet: better by 5.00 points of DSC" in text
+    assert "By modality" in text and "By anatomy" in text and "Kidney" in text
+
+
+def _compare_cmd(output, data):
+    return [
+        sys.executable, "-m", "ife_jax.cli", "compare", "--variants", "unet,unet+c",
+        "--seeds", "1", "--output", str(output), "--preset", "tiny", "--train-sizes", "32",
+        "--optimizer", "sgd", "--max-train-examples", "8", "--epochs", "1",
+        "--data-dir", str(data), "--no-progress",
+    ]  # fmt: skip
+
+
+def test_compare_resumes_after_being_killed(tmp_path, train_env):
+    data, output = tmp_path / "tfds", tmp_path / "cmp"
+    assert main(["build-dataset", "synthetic/tiny", "--data-dir", str(data)]) == 0
+    proc = subprocess.Popen(
+        _compare_cmd(output, data), env=train_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    first = output / "unet" / "seed0" / "result.json"  # then UNet+C, seed 0 trains
+    deadline = time.time() + 400
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the comparison ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists() and not (output / "report").exists()
+    stamp = first.stat().st_mtime_ns
+    out = subprocess.run(
+        _compare_cmd(output, data), env=train_env(), capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert first.stat().st_mtime_ns == stamp  # the finished run was skipped, not redone
+    assert "== UNet, seed 0" not in out.stdout and "== UNet+C, seed 0" in out.stdout
+    summary = json.loads((output / "report" / "comparison.json").read_text())
+    assert set(summary["runs"]) == {"UNet", "UNet+C"}
+    assert all(set(seeds) == {"0"} for seeds in summary["runs"].values())
+    assert all(run["step"] == 2 for seeds in summary["runs"].values() for run in seeds.values())
+    text = (output / "report" / "summary.txt").read_text()
+    assert "mean ± std over seeds" in text and "UNet+C vs UNet" in text
+    assert (output / "report" / "comparison.png").exists()
+    # A third run finds everything finished and trains nothing.
+    again = subprocess.run(
+        _compare_cmd(output, data), env=train_env(), capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0 and "== " not in again.stdout
+
+
+def test_convergence_is_the_gain_over_the_last_quarter():
+    from ife_jax.train.compare import convergence
+
+    curve = [(e, v) for e, v in enumerate([0.3, 0.5, 0.7, 0.80, 0.84, 0.85, 0.846, 0.851], 1)]
+    # 8 epochs: the last quarter starts at epoch 6 (0.85); its best is 0.851.
+    assert convergence(curve) == pytest.approx(0.001)
+    assert convergence(curve[:6]) == pytest.approx(0.85 - 0.84)  # from epoch 5 to 6
+    assert math.isnan(convergence(curve[:3]))
