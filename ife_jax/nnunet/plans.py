@@ -17,11 +17,12 @@ From a :class:`~ife_jax.nnunet.fingerprint.Fingerprint` (nnU-Net v2's default pl
    spacing, else 1 (and stays 3 once 3). The bottleneck kernel is all 3. The patch is rounded
    up to a multiple of ``2^pools`` per axis. Widths ``min(32 * 2^s, 320 (3-D) / 512 (2-D))``,
    two convolutions per stage in the encoder and the decoder.
-6. **Memory**: the stored feature maps (:func:`feature_map_size`) must stay below the
-   reference ``560e6`` (3-D) / ``85e6`` (2-D) x ``memory_gb / 8``; while above, the patch axis
+6. **Memory**: the feature-map estimate ``E`` (:func:`feature_map_size`) must satisfy
+   ``2 E / b_ref <= R`` with the reference ``R = 560e6`` (3-D) / ``85e6`` (2-D) x
+   ``memory_gb / 8`` and ``b_ref`` = 2 (3-D) / 12 (2-D); while not, the patch axis
    largest relative to the median shape shrinks by its divisibility step and the topology is
    re-planned.
-7. **Batch size** ``round(reference / estimate * 2 (3-D) / 12 (2-D))``, capped so one batch
+7. **Batch size** ``round(R / E * b_ref)``, capped so one batch
    covers at most 5 % of the dataset's voxels, and at least 2.
 8. **Normalisation** per channel: ``"ct"`` for a channel named CT (clip to the foreground
    0.5 / 99.5 percentiles, subtract the foreground mean, divide by the foreground std), else
@@ -252,27 +253,23 @@ def pool_and_conv(spacing, patch_size, *, min_feature_map: int = MIN_FEATURE_MAP
     return tuple(pools), tuple(strides), tuple(kernels), patch
 
 
-def feature_map_size(
-    patch, features, strides, *, in_channels: int, num_classes: int, convs: int = 2
-) -> int:
+def feature_map_size(patch, features, strides, *, num_classes: int, convs: int = 2) -> int:
     """Rule 6: the number of feature-map values nnU-Net's estimate counts for one sample.
 
-    Every convolution contributes its output and its normalised output; a decoder stage adds
-    its transposed-convolution output, and each decoder stage (deep supervision) its logits.
+    Every convolution contributes its output; a decoder stage adds its transposed-convolution
+    output and (deep supervision) its logits, all at the resolution of its skip.
     """
     size = list(patch)
     total, skips = 0, []
-    for s, (f, st) in enumerate(zip(features, strides, strict=True)):
+    for f, st in zip(features, strides, strict=True):
         size = [n // k for n, k in zip(size, st, strict=True)]
-        total += convs * 2 * f * math.prod(size)
+        total += convs * f * math.prod(size)
         skips.append((f, list(size)))
-        del s
     for f, size in reversed(skips[:-1]):
         n = math.prod(size)
         total += f * n  # transposed convolution
-        total += convs * 2 * f * n
+        total += convs * f * n
         total += num_classes * n
-    del in_channels
     return int(total)
 
 
@@ -301,13 +298,11 @@ def plan_configuration(
         return tuple(min(32 * 2**s, MAX_FEATURES[dim]) for s in range(n))
 
     def estimate(patch, strides):
-        return feature_map_size(
-            patch, widths(len(strides)), strides, in_channels=in_channels, num_classes=num_classes
-        )
+        return feature_map_size(patch, widths(len(strides)), strides, num_classes=num_classes)
 
     reference = REFERENCE_VALUE[dim] * memory_gb / REFERENCE_GB
     est = estimate(patch, strides)
-    while est > reference:
+    while est / REFERENCE_BATCH[dim] * 2 > reference:
         axis = int(np.argsort([p / m for p, m in zip(patch, median_shape, strict=True)])[-1])
         trial = list(patch)
         trial[axis] -= 2 ** pools[axis]
