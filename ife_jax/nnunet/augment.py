@@ -42,7 +42,9 @@ def spatial(key, image, seg, *, p_rotation=0.2, p_scale=0.2):
         jax.random.uniform(k3) < p_scale, jax.random.uniform(k4, minval=0.7, maxval=1.4), 1.0
     )
     centre = (jnp.asarray(shape, jnp.float32) - 1) / 2
-    grid = jnp.stack(jnp.meshgrid(*(jnp.arange(n, dtype=jnp.float32) for n in shape), indexing="ij"))
+    grid = jnp.stack(
+        jnp.meshgrid(*(jnp.arange(n, dtype=jnp.float32) for n in shape), indexing="ij")
+    )
     coords = jnp.einsum("ij,j...->i...", rot / scale, grid - centre.reshape(-1, *(1,) * dims))
     coords = coords + centre.reshape(-1, *(1,) * dims)
     img = jax.vmap(lambda c: map_coordinates(c, list(coords), order=1, mode="constant"))(image)

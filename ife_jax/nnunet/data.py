@@ -33,9 +33,7 @@ def _nibabel():
     try:
         import nibabel
     except ImportError:
-        raise ImportError(
-            "reading NIfTI needs nibabel: pip install 'ife-jax[nifti]'"
-        ) from None
+        raise ImportError("reading NIfTI needs nibabel: pip install 'ife-jax[nifti]'") from None
     return nibabel
 
 
@@ -113,7 +111,9 @@ def _read_raw(root: Path) -> RawDataset:
             raise ValueError(f"{path}: the field {key!r} is missing.")
     channels = meta["channel_names"]
     if not isinstance(channels, dict) or sorted(channels) != [str(i) for i in range(len(channels))]:
-        raise ValueError(f"{path}: channel_names must map '0', '1', ... to names; got {channels!r}.")
+        raise ValueError(
+            f"{path}: channel_names must map '0', '1', ... to names; got {channels!r}."
+        )
     labels = meta["labels"]
     if not isinstance(labels, dict) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in labels.values()
@@ -261,7 +261,9 @@ def load_case(
         if spacing is None:
             spacing, affine, shape = sp, af, parts[0].shape
         elif parts[0].shape != shape:
-            raise ValueError(f"{path}: shape {parts[0].shape} differs from the first channel's {shape}.")
+            raise ValueError(
+                f"{path}: shape {parts[0].shape} differs from the first channel's {shape}."
+            )
         elif not np.allclose(af, affine, atol=1e-3):
             raise ValueError(f"{path}: its affine differs from the first channel's.")
         channels.extend(parts)
@@ -270,7 +272,9 @@ def load_case(
     if case.label is not None:
         lab, _, laf = read_image_file(case.label, mask=True)
         if lab.shape != image.shape[1:]:
-            raise ValueError(f"{case.label}: label shape {lab.shape} differs from the image's {image.shape[1:]}.")
+            raise ValueError(
+                f"{case.label}: label shape {lab.shape} differs from the image's {image.shape[1:]}."
+            )
         if case.label.suffix != ".png" and not np.allclose(laf, affine, atol=1e-3):
             raise ValueError(f"{case.label}: its affine differs from the image's.")
         if np.issubdtype(lab.dtype, np.floating) and not np.array_equal(lab, np.round(lab)):
@@ -286,18 +290,24 @@ def load_case(
     return Volume(case.name, image, label, tuple(float(s) for s in spacing), affine)
 
 
-def load_cases(dataset: RawDataset, foreground: tuple[int, ...], cases=None):
+def load_cases(
+    dataset: RawDataset | None, foreground: tuple[int, ...], cases=None, *, check: bool = True
+):
     """Yields :class:`Volume` for every training case (or ``cases``); after the last, raises
-    one ``ValueError`` naming every bad file, if any."""
+    one ``ValueError`` naming every bad file, if any. ``check`` tests label values against
+    ``dataset.json``."""
     problems = []
-    values = tuple(dataset.labels.values())
+    values = tuple(dataset.labels.values()) if check and dataset is not None else None
+    name = dataset.name if dataset is not None else "input"
     for case in dataset.training if cases is None else cases:
         try:
-            yield load_case(case, foreground, label_values=values)
+            vol = load_case(case, foreground, label_values=values)
         except ValueError as err:
             problems.append(str(err))
+            continue
+        yield vol
     if problems:
-        raise ValueError(f"{dataset.name}: {len(problems)} bad case(s): " + " | ".join(problems))
+        raise ValueError(f"{name}: {len(problems)} bad case(s): " + " | ".join(problems))
 
 
 def write_prediction(mask: np.ndarray, path: Path, *, affine: np.ndarray) -> None:

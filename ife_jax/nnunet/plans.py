@@ -100,16 +100,24 @@ class ConfigurationPlan:
     def __post_init__(self):
         dims = len(self.patch_size)
         if self.name not in CONFIGURATIONS:
-            raise ValueError(f"configuration name must be one of {CONFIGURATIONS}; got {self.name!r}.")
+            raise ValueError(
+                f"configuration name must be one of {CONFIGURATIONS}; got {self.name!r}."
+            )
         if dims != (2 if self.name == "2d" else 3):
             raise ValueError(f"{self.name}: patch_size {self.patch_size!r} has the wrong rank.")
         n = len(self.features)
         if len(self.strides) != n or len(self.kernel_sizes) != n or n < 1:
-            raise ValueError(f"{self.name}: features, strides and kernel_sizes need one entry per stage.")
+            raise ValueError(
+                f"{self.name}: features, strides and kernel_sizes need one entry per stage."
+            )
         if any(len(s) != dims for s in (*self.strides, *self.kernel_sizes, self.spacing)):
             raise ValueError(f"{self.name}: every stride, kernel and spacing needs {dims} entries.")
-        if any(v != 1 for v in self.strides[0]) or any(v not in (1, 2) for s in self.strides for v in s):
-            raise ValueError(f"{self.name}: strides must be 1 or 2, stage 0 all 1; got {self.strides!r}.")
+        if any(v != 1 for v in self.strides[0]) or any(
+            v not in (1, 2) for s in self.strides for v in s
+        ):
+            raise ValueError(
+                f"{self.name}: strides must be 1 or 2, stage 0 all 1; got {self.strides!r}."
+            )
         if any(p % t for p, t in zip(self.patch_size, self.total_stride, strict=True)):
             raise ValueError(
                 f"{self.name}: patch_size {self.patch_size!r} must be divisible by the total "
@@ -165,7 +173,9 @@ class Plans:
 
     def __post_init__(self):
         if sorted(self.transpose_forward) != [0, 1, 2]:
-            raise ValueError(f"transpose_forward must permute (0, 1, 2); got {self.transpose_forward!r}.")
+            raise ValueError(
+                f"transpose_forward must permute (0, 1, 2); got {self.transpose_forward!r}."
+            )
         for scheme in self.normalization:
             if scheme not in ("ct", "zscore", "none"):
                 raise ValueError(f"normalization must be ct, zscore or none; got {scheme!r}.")
@@ -359,9 +369,7 @@ def plan_experiment(
     if median[0] > 1:
         configs.append(plan_configuration("3d_fullres", spacing_t, median, **kw))
     norm = tuple("ct" if n.upper() == "CT" else "zscore" for n in fp.channel_names)
-    use_mask = tuple(
-        s == "zscore" and fp.median_relative_size_after_cropping < 0.75 for s in norm
-    )
+    use_mask = tuple(s == "zscore" and fp.median_relative_size_after_cropping < 0.75 for s in norm)
     return Plans(
         dataset_name=dataset_name,
         channel_names=tuple(fp.channel_names),

@@ -113,7 +113,9 @@ def resample_labels(seg: np.ndarray, shape, old_spacing, new_spacing) -> np.ndar
     for value in np.unique(seg):
         if value == 0:
             continue
-        ind = resample((seg == value)[None].astype(np.float32), shape, old_spacing, new_spacing, order=1)
+        ind = resample(
+            (seg == value)[None].astype(np.float32), shape, old_spacing, new_spacing, order=1
+        )
         out[ind[0] >= 0.5] = value
     return out
 
@@ -150,7 +152,9 @@ def preprocess_case(vol: Volume, plans: Plans, configuration: str):
 def restore_probabilities(probs: np.ndarray, props: CaseProperties, plans: Plans) -> np.ndarray:
     """Class probabilities (K, ...) on the preprocessed grid -> (K, raw shape) on the raw grid
     (background 1 outside the crop)."""
-    probs = resample(probs, props.cropped_shape, props.target_spacing, props.cropped_spacing, order=1)
+    probs = resample(
+        probs, props.cropped_shape, props.target_spacing, props.cropped_spacing, order=1
+    )
     full_t = tuple(props.raw_shape[a] for a in plans.transpose_forward)
     out = np.zeros((probs.shape[0], *full_t), np.float32)
     out[0] = 1.0
