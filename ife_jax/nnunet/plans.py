@@ -67,7 +67,7 @@ class ConfigurationPlan:
     """One configuration (``2d`` or ``3d_fullres``): data settings and the network.
 
     Attributes:
-      name: ``"2d"`` or ``"3d_fullres"``.
+      configuration: ``"2d"`` or ``"3d_fullres"``.
       spacing: the target spacing per axis of the configuration (after ``transpose_forward``).
       median_shape: the median resampled shape (same axes).
       patch_size: the training patch, divisible by the total stride.
@@ -80,7 +80,7 @@ class ConfigurationPlan:
       deep_supervision: train with the lower-resolution outputs too.
     """
 
-    name: str
+    configuration: str
     spacing: tuple[float, ...]
     median_shape: tuple[int, ...]
     patch_size: tuple[int, ...]
@@ -99,37 +99,37 @@ class ConfigurationPlan:
 
     def __post_init__(self):
         dims = len(self.patch_size)
-        if self.name not in CONFIGURATIONS:
+        if self.configuration not in CONFIGURATIONS:
             raise ValueError(
-                f"configuration name must be one of {CONFIGURATIONS}; got {self.name!r}."
+                f"configuration name must be one of {CONFIGURATIONS}; got {self.configuration!r}."
             )
-        if dims != (2 if self.name == "2d" else 3):
-            raise ValueError(f"{self.name}: patch_size {self.patch_size!r} has the wrong rank.")
+        if dims != (2 if self.configuration == "2d" else 3):
+            raise ValueError(f"{self.configuration}: patch_size {self.patch_size!r} has the wrong rank.")
         n = len(self.features)
         if len(self.strides) != n or len(self.kernel_sizes) != n or n < 1:
             raise ValueError(
-                f"{self.name}: features, strides and kernel_sizes need one entry per stage."
+                f"{self.configuration}: features, strides and kernel_sizes need one entry per stage."
             )
         if any(len(s) != dims for s in (*self.strides, *self.kernel_sizes, self.spacing)):
-            raise ValueError(f"{self.name}: every stride, kernel and spacing needs {dims} entries.")
+            raise ValueError(f"{self.configuration}: every stride, kernel and spacing needs {dims} entries.")
         if any(v != 1 for v in self.strides[0]) or any(
             v not in (1, 2) for s in self.strides for v in s
         ):
             raise ValueError(
-                f"{self.name}: strides must be 1 or 2, stage 0 all 1; got {self.strides!r}."
+                f"{self.configuration}: strides must be 1 or 2, stage 0 all 1; got {self.strides!r}."
             )
         if any(p % t for p, t in zip(self.patch_size, self.total_stride, strict=True)):
             raise ValueError(
-                f"{self.name}: patch_size {self.patch_size!r} must be divisible by the total "
+                f"{self.configuration}: patch_size {self.patch_size!r} must be divisible by the total "
                 f"stride {self.total_stride!r}."
             )
         if self.batch_size < 1 or self.num_classes < 2:
-            raise ValueError(f"{self.name}: batch_size must be >= 1 and num_classes >= 2.")
+            raise ValueError(f"{self.configuration}: batch_size must be >= 1 and num_classes >= 2.")
         if len(self.ife_levels) != len(self.ife_ratios) or any(
             not 0 <= lv < n - 1 for lv in self.ife_levels
         ):
             raise ValueError(
-                f"{self.name}: ife_levels {self.ife_levels!r} must be skip levels 0..{n - 2}, one "
+                f"{self.configuration}: ife_levels {self.ife_levels!r} must be skip levels 0..{n - 2}, one "
                 f"ratio each (ife_ratios {self.ife_ratios!r})."
             )
 
@@ -188,9 +188,9 @@ class Plans:
 
     def configuration(self, name: str) -> ConfigurationPlan:
         for c in self.configurations:
-            if c.name == name:
+            if c.configuration == name:
                 return c
-        have = [c.name for c in self.configurations]
+        have = [c.configuration for c in self.configurations]
         raise ValueError(f"{self.dataset_name} has no configuration {name!r}; planned: {have}.")
 
     def save(self, path: str | Path) -> None:
@@ -331,7 +331,7 @@ def plan_configuration(
     levels = default_ife_levels(len(features)) if ife_levels is None else tuple(ife_levels)
     ratios = (0.5,) * len(levels) if ife_ratios is None else tuple(float(r) for r in ife_ratios)
     return ConfigurationPlan(
-        name=name,
+        configuration=name,
         spacing=tuple(float(s) for s in spacing),
         median_shape=tuple(int(v) for v in median_shape),
         patch_size=tuple(int(p) for p in patch),
@@ -394,7 +394,7 @@ def format_plans(plans: Plans) -> str:
     ]
     for c in plans.configurations:
         lines += [
-            f"  {c.name}: spacing {tuple(round(s, 4) for s in c.spacing)}, median shape "
+            f"  {c.configuration}: spacing {tuple(round(s, 4) for s in c.spacing)}, median shape "
             f"{c.median_shape}, patch {c.patch_size}, batch {c.batch_size}",
             f"    stages {c.num_stages}, features {c.features}",
             f"    strides {c.strides}",

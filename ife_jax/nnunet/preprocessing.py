@@ -37,7 +37,7 @@ from ife_jax.nnunet.plans import ANISOTROPY, Plans
 class CaseProperties:
     """What is needed to map a prediction back onto the raw grid."""
 
-    name: str
+    case: str
     raw_shape: tuple[int, int, int]  # raw axis order
     spacing: tuple[float, float, float]  # raw axis order
     bbox: tuple[tuple[int, int], ...]  # transposed axis order
@@ -137,7 +137,7 @@ def preprocess_case(vol: Volume, plans: Plans, configuration: str):
     data = resample(data, shape, spacing_t, target, order=3)
     seg = None if label is None else resample_labels(label, shape, spacing_t, target)
     props = CaseProperties(
-        name=vol.name,
+        case=vol.name,
         raw_shape=tuple(int(n) for n in vol.image.shape[1:]),
         spacing=tuple(float(s) for s in vol.spacing),
         bbox=tuple((b.start, b.stop) for b in box),
@@ -170,8 +170,8 @@ def save_case(folder: Path, data: np.ndarray, seg, props: CaseProperties) -> Non
     arrays = {"data": data.astype(np.float32)}
     if seg is not None:
         arrays["seg"] = seg.astype(np.int8)
-    np.savez(folder / f"{props.name}.npz", **arrays)
-    (folder / f"{props.name}.json").write_text(json.dumps(dataclasses.asdict(props)))
+    np.savez(folder / f"{props.case}.npz", **arrays)
+    (folder / f"{props.case}.json").write_text(json.dumps(dataclasses.asdict(props)))
 
 
 def load_case(folder: Path, name: str):

@@ -74,7 +74,7 @@ def preprocess(dataset: str, configurations=("2d", "3d_fullres"), *, raw=None, p
     names = []
     for vol in rawdata.load_cases(ds, plans.foreground):
         for c in configurations:
-            if c == "3d_fullres" and c not in [p.name for p in plans.configurations]:
+            if c == "3d_fullres" and c not in [p.configuration for p in plans.configurations]:
                 continue
             data, seg, props = preprocessing.preprocess_case(vol, plans, c)
             preprocessing.save_case(root / c, data, seg, props)
@@ -188,9 +188,9 @@ def _predict(apply, data, config, *, mirror, step):
 
 
 def evaluate(predictions: str | Path, references: str | Path) -> list[dict]:
-    """Dice, IoU, HD95 and ASSD (mm, from the voxel spacing) of every prediction against the
-    label of the same name."""
-    from ife_jax.metrics import overlap, surface
+    """Dice, IoU and the predicted / reference volumes (mL, from the voxel spacing; pixels for
+    PNG) of every prediction against the label of the same name."""
+    from ife_jax.metrics.overlap import dice_from_counts, jaccard_from_counts
 
     rows = []
     for pred in sorted(Path(predictions).iterdir()):
@@ -201,17 +201,18 @@ def evaluate(predictions: str | Path, references: str | Path) -> list[dict]:
             raise ValueError(f"{ref}: no reference label for {pred}.")
         p, spacing, _ = rawdata.read_image_file(pred, mask=True)
         g, _, _ = rawdata.read_image_file(ref, mask=True)
+        if p.shape != g.shape:
+            raise ValueError(f"{pred}: shape {p.shape} differs from {ref}'s {g.shape}.")
         p, g = p > 0, g > 0
-        sp = spacing[1:] if pred.suffix == ".png" else spacing
-        if pred.suffix == ".png":
-            p, g = p[0], g[0]
+        tp, n_p, n_g = (int(np.count_nonzero(v)) for v in (p & g, p, g))
+        unit = 1.0 if pred.suffix == ".png" else float(np.prod(spacing)) / 1000.0
         rows.append(
             {
                 "case": pred.name,
-                "dice": overlap.dice(p, g),
-                "iou": overlap.jaccard(p, g),
-                "hd95": surface.hausdorff95(p, g, spacing=sp),
-                "assd": surface.assd(p, g, spacing=sp),
+                "dice": dice_from_counts(tp, n_p, n_g),
+                "iou": jaccard_from_counts(tp, n_p, n_g),
+                "volume_pred": n_p * unit,
+                "volume_ref": n_g * unit,
             }
         )
     return rows

@@ -268,7 +268,7 @@ def train(
                 with open(output / "progress.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 log(f"epoch {epoch}: loss {mean:.4f} ({record['seconds']} s)")
-                meta = {"configuration": config.name, "ife": ife, "epoch": epoch + 1}
+                meta = {"configuration": config.configuration, "ife": ife, "epoch": epoch + 1}
                 ckpt.save((epoch + 1) * schedule.iterations, state, {"epoch": epoch + 1}, meta)
         finally:
             ckpt.close()
