@@ -59,7 +59,9 @@ def _blur(x, sigma):
     k = jnp.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()
     for axis in range(x.ndim):
-        x = jnp.apply_along_axis(lambda v: jnp.convolve(v, k, mode="same"), axis, x)
+        x = jnp.apply_along_axis(
+            lambda v: jnp.convolve(jnp.pad(v, r, mode="edge"), k, mode="valid"), axis, x
+        )
     return x
 
 

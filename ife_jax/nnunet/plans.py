@@ -104,14 +104,18 @@ class ConfigurationPlan:
                 f"configuration name must be one of {CONFIGURATIONS}; got {self.configuration!r}."
             )
         if dims != (2 if self.configuration == "2d" else 3):
-            raise ValueError(f"{self.configuration}: patch_size {self.patch_size!r} has the wrong rank.")
+            raise ValueError(
+                f"{self.configuration}: patch_size {self.patch_size!r} has the wrong rank."
+            )
         n = len(self.features)
         if len(self.strides) != n or len(self.kernel_sizes) != n or n < 1:
             raise ValueError(
                 f"{self.configuration}: features, strides and kernel_sizes need one entry per stage."
             )
         if any(len(s) != dims for s in (*self.strides, *self.kernel_sizes, self.spacing)):
-            raise ValueError(f"{self.configuration}: every stride, kernel and spacing needs {dims} entries.")
+            raise ValueError(
+                f"{self.configuration}: every stride, kernel and spacing needs {dims} entries."
+            )
         if any(v != 1 for v in self.strides[0]) or any(
             v not in (1, 2) for s in self.strides for v in s
         ):

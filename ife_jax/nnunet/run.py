@@ -143,7 +143,10 @@ def predict(
     fold and writes ``CASE.nii.gz`` (the input's affine) or ``CASE.png`` into ``output``."""
     import jax
 
-    name = find_dataset(dataset, raw).name if raw or Path(dataset).is_dir() else dataset
+    try:
+        name = find_dataset(dataset, raw).name
+    except ValueError:
+        name = dataset  # the raw data need not be present to predict
     out_dir = trainer_folder(name, configuration, fold, ife, results)
     if not (out_dir / "plans.json").exists():
         raise ValueError(f"{out_dir}: no trained fold (plans.json missing).")

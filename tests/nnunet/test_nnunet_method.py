@@ -13,8 +13,9 @@ from ife_jax.nnunet.fingerprint import Fingerprint, Intensity
 
 nib = pytest.importorskip("nibabel")
 
-IT = Intensity(mean=0.0, median=0.0, std=1.0, min=-1.0, max=1.0,
-               percentile_00_5=-1.0, percentile_99_5=1.0)
+IT = Intensity(
+    mean=0.0, median=0.0, std=1.0, min=-1.0, max=1.0, percentile_00_5=-1.0, percentile_99_5=1.0
+)
 
 
 def fingerprint(spacings, shapes):
@@ -44,8 +45,9 @@ def test_pool_and_conv_anisotropic_by_hand():
 
 def test_target_spacing_anisotropy_rule():
     # median z spacing 5 > 3 x 1 and median z size 10 x 3 < 100: 10th percentile of z spacings.
-    fp = fingerprint([(5.0, 1, 1), (5.0, 1, 1), (4.0, 1, 1), (6.0, 1, 1), (2.0, 1, 1)],
-                     [(10, 100, 100)] * 5)
+    fp = fingerprint(
+        [(5.0, 1, 1), (5.0, 1, 1), (4.0, 1, 1), (6.0, 1, 1), (2.0, 1, 1)], [(10, 100, 100)] * 5
+    )
     target = plans.fullres_spacing(fp)
     np.testing.assert_allclose(target, [np.percentile([5, 5, 4, 6, 2], 10), 1, 1])
     # Isotropic-enough data keeps the median.
@@ -106,8 +108,11 @@ def _dataset(tmp_path, spacing=(1.0, 1.0, 2.0)):
     lab[1, 1, 1] = 2
     img = (10 + 5 * lab + x).astype(np.float32)
     _write_case(root, "a", img, lab, aff)
-    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "other": 2},
-            "file_ending": ".nii.gz"}
+    meta = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "organ": 1, "other": 2},
+        "file_ending": ".nii.gz",
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root, img, lab, aff
 
@@ -146,9 +151,17 @@ def test_preprocessing_round_trip(tmp_path, spacing):
         [vol], ds.channel_names
     )
     p = plans.plan_experiment(fp, dataset_name=ds.name, foreground=(1,))
-    p = plans.Plans(**{**p.__dict__, "configurations": tuple(
-        plans.ConfigurationPlan(**{**c.__dict__, "spacing": tuple(s / 2 for s in c.spacing)})
-        for c in p.configurations)})  # resample to half the spacing and back
+    p = plans.Plans(
+        **{
+            **p.__dict__,
+            "configurations": tuple(
+                plans.ConfigurationPlan(
+                    **{**c.__dict__, "spacing": tuple(s / 2 for s in c.spacing)}
+                )
+                for c in p.configurations
+            ),
+        }
+    )  # resample to half the spacing and back
     data, seg, props = preprocessing.preprocess_case(vol, p, "3d_fullres")
     assert seg.shape == tuple(2 * n for n in vol.label.shape)
     probs = np.stack([seg == 0, seg == 1]).astype(np.float32)
@@ -175,7 +188,7 @@ def test_gaussian_weights_border_sums():
     size = (11, 13)
     total = np.zeros(size)
     for sy, sx in itertools.product(inference.window_starts(11, 6), inference.window_starts(13, 8)):
-        total[sy:sy + 6, sx:sx + 8] += g
+        total[sy : sy + 6, sx : sx + 8] += g
     # Every voxel (corners included) is covered; the corner gets exactly the corner weight of
     # the single window that covers it.
     assert total.min() > 0
@@ -193,7 +206,10 @@ def test_sliding_window_of_constant_network(mirror, size):
         return jnp.broadcast_to(value, (*x.shape[:-1], 2))
 
     out = inference.sliding_window(
-        constant, np.random.default_rng(0).normal(size=(1, *size)), patch, num_classes=2,
+        constant,
+        np.random.default_rng(0).normal(size=(1, *size)),
+        patch,
+        num_classes=2,
         mirror=mirror,
     )
     assert out.shape == (2, *size)
