@@ -3,7 +3,8 @@
 Every convolution block is ``k conv (bias) -> instance norm (affine, eps 1e-5) -> leaky ReLU
 (0.01)`` with the plan's per-stage kernel ``k`` (3 x 3 or 3 x 3 x 3 unless the plan says
 otherwise, e.g. 1 x 3 x 3 on the coarse axis of anisotropic volumes). The number of spatial
-axes is the length of the strides. Encoder stage ``s`` has ``encoder_convs`` blocks, the first with the plan's stride
+axes is the length of the strides. Encoder stage ``s`` has ``encoder_convs`` blocks, the first
+with the plan's stride
 (strided convolution instead of pooling). Decoder stage ``s`` (deep to shallow) up-samples the
 stage below with a transposed convolution (kernel = stride), concatenates the skip feature of
 encoder stage ``s`` (``[up, skip]``), and applies ``decoder_convs`` blocks; a 1x1 convolution

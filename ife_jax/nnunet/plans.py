@@ -110,7 +110,8 @@ class ConfigurationPlan:
         n = len(self.features)
         if len(self.strides) != n or len(self.kernel_sizes) != n or n < 1:
             raise ValueError(
-                f"{self.configuration}: features, strides and kernel_sizes need one entry per stage."
+                f"{self.configuration}: features, strides and kernel_sizes need one entry per "
+                "stage."
             )
         if any(len(s) != dims for s in (*self.strides, *self.kernel_sizes, self.spacing)):
             raise ValueError(
@@ -120,11 +121,13 @@ class ConfigurationPlan:
             v not in (1, 2) for s in self.strides for v in s
         ):
             raise ValueError(
-                f"{self.configuration}: strides must be 1 or 2, stage 0 all 1; got {self.strides!r}."
+                f"{self.configuration}: strides must be 1 or 2, stage 0 all 1; got "
+                f"{self.strides!r}."
             )
         if any(p % t for p, t in zip(self.patch_size, self.total_stride, strict=True)):
             raise ValueError(
-                f"{self.configuration}: patch_size {self.patch_size!r} must be divisible by the total "
+                f"{self.configuration}: patch_size {self.patch_size!r} must be divisible by "
+                "the total "
                 f"stride {self.total_stride!r}."
             )
         if self.batch_size < 1 or self.num_classes < 2:
@@ -133,7 +136,8 @@ class ConfigurationPlan:
             not 0 <= lv < n - 1 for lv in self.ife_levels
         ):
             raise ValueError(
-                f"{self.configuration}: ife_levels {self.ife_levels!r} must be skip levels 0..{n - 2}, one "
+                f"{self.configuration}: ife_levels {self.ife_levels!r} must be skip levels "
+                f"0..{n - 2}, one "
                 f"ratio each (ife_ratios {self.ife_ratios!r})."
             )
 
