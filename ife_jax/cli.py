@@ -269,6 +269,112 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _nnunet(args) -> int:
+    from ife_jax.nnunet import run
+
+    dirs = dict(raw=args.raw)
+    if args.action == "plan":
+        plans = run.plan(
+            args.dataset,
+            preprocessed=args.preprocessed,
+            foreground=args.foreground,
+            memory_gb=args.memory_gb,
+            **dirs,
+        )
+        print(run.format_plans(plans))
+    elif args.action == "preprocess":
+        names = run.preprocess(args.dataset, tuple(args.c), preprocessed=args.preprocessed, **dirs)
+        print(f"preprocessed {len(names)} case(s): {', '.join(names)}")
+    elif args.action == "train":
+        from ife_jax.nnunet.training import TINY, Schedule
+
+        base = TINY if args.tiny else Schedule()
+        schedule = Schedule(
+            epochs=args.epochs or base.epochs,
+            iterations=args.iterations or base.iterations,
+            seed=args.seed,
+        )
+        run.train_fold(
+            args.dataset,
+            args.configuration,
+            args.fold,
+            ife=args.ife,
+            schedule=schedule,
+            preprocessed=args.preprocessed,
+            results=args.results,
+            **dirs,
+        )
+    elif args.action == "predict":
+        run.predict(
+            args.i,
+            args.o,
+            args.d,
+            args.c,
+            args.f,
+            ife=args.ife,
+            mirror=not args.disable_tta,
+            step=args.step_size,
+            results=args.results,
+            **dirs,
+        )
+    else:
+        rows = run.evaluate(args.predictions, args.references)
+        for r in rows:
+            print(
+                f"{r['case']}: Dice {r['dice']:.4f}  IoU {r['iou']:.4f}  volume "
+                f"{r['volume_pred']:.4g} (reference {r['volume_ref']:.4g})"
+            )
+        if rows:
+            print(f"mean Dice {sum(r['dice'] for r in rows) / len(rows):.4f} over {len(rows)}")
+    return 0
+
+
+def _add_nnunet(add) -> None:
+    p = add(
+        "nnunet",
+        help="nnU-Net: plan, preprocess, train, predict, evaluate",
+        description="The self-configuring nnU-Net method (2d and 3d_fullres) with optional IFE. "
+        "Folders: --raw / $nnUNet_raw, --preprocessed / $nnUNet_preprocessed, --results / "
+        "$nnUNet_results (default ./nnUNet_*).",
+    )
+    sub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    folders = argparse.ArgumentParser(add_help=False)
+    folders.add_argument("--raw", help="folder of raw datasets (default $nnUNet_raw)")
+    folders.add_argument("--preprocessed", help="default $nnUNet_preprocessed")
+    folders.add_argument("--results", help="default $nnUNet_results")
+    folders.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+    q = sub.add_parser("plan", parents=[folders], help="fingerprint and plan a dataset")
+    q.add_argument("dataset", help="a raw dataset folder, DatasetXXX_Name or XXX")
+    q.add_argument("--foreground", help="label names or values that make the foreground")
+    q.add_argument("--memory-gb", type=float, default=8.0, help="accelerator memory (8)")
+    q = sub.add_parser("preprocess", parents=[folders], help="cache preprocessed cases")
+    q.add_argument("dataset")
+    q.add_argument("-c", nargs="+", default=["2d", "3d_fullres"], choices=("2d", "3d_fullres"))
+    q = sub.add_parser("train", parents=[folders], help="train one fold (resumes)")
+    q.add_argument("dataset")
+    q.add_argument("configuration", choices=("2d", "3d_fullres"))
+    q.add_argument("fold", help="0-4 or all")
+    q.add_argument("--ife", choices=("curvature", "entropy"))
+    q.add_argument("--epochs", type=int, help="default 1000 (2 with --tiny)")
+    q.add_argument("--iterations", type=int, help="steps per epoch, default 250 (3 with --tiny)")
+    q.add_argument("--tiny", action="store_true", help="a few steps, for smoke tests")
+    q.add_argument("--seed", type=int, default=0)
+    q = sub.add_parser("predict", parents=[folders], help="segment a folder of cases")
+    q.add_argument("-i", required=True, help="input folder (CASE_0000.nii.gz ... or PNG)")
+    q.add_argument("-o", required=True, help="output folder")
+    q.add_argument("-d", required=True, help="dataset")
+    q.add_argument("-c", required=True, choices=("2d", "3d_fullres"))
+    q.add_argument("-f", required=True, help="fold")
+    q.add_argument("--ife", choices=("curvature", "entropy"))
+    q.add_argument("--disable-tta", action="store_true", help="no mirroring")
+    q.add_argument("--step-size", type=float, default=0.5)
+    q = sub.add_parser("evaluate", parents=[folders], help="Dice, IoU and volumes per case")
+    q.add_argument("predictions")
+    q.add_argument("references")
+    p.set_defaults(func=_nnunet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ife-jax", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -386,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--data-dir", help="TFDS data directory (default OUTPUT/tfds)")
     p.set_defaults(func=_demo)
+    _add_nnunet(add)
     return parser
 
 

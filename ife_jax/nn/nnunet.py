@@ -1,7 +1,10 @@
-"""The 2-D nnU-Net ("PlainConvUNet") built from a plan, with IFE on the middle skips.
+"""The nnU-Net network ("PlainConvUNet"), 2-D or 3-D, built from a plan, with IFE on skips.
 
-Every convolution block is ``3x3 conv (bias) -> instance norm (affine, eps 1e-5) -> leaky ReLU
-(0.01)``. Encoder stage ``s`` has ``encoder_convs`` blocks, the first with the plan's stride
+Every convolution block is ``k conv (bias) -> instance norm (affine, eps 1e-5) -> leaky ReLU
+(0.01)`` with the plan's per-stage kernel ``k`` (3 x 3 or 3 x 3 x 3 unless the plan says
+otherwise, e.g. 1 x 3 x 3 on the coarse axis of anisotropic volumes). The number of spatial
+axes is the length of the strides. Encoder stage ``s`` has ``encoder_convs`` blocks, the first
+with the plan's stride
 (strided convolution instead of pooling). Decoder stage ``s`` (deep to shallow) up-samples the
 stage below with a transposed convolution (kernel = stride), concatenates the skip feature of
 encoder stage ``s`` (``[up, skip]``), and applies ``decoder_convs`` blocks; a 1x1 convolution
@@ -46,20 +49,22 @@ def deep_supervision_weights(num_stages: int, deep_supervision: bool = True) -> 
 
 
 class ConvNormAct(nn.Module):
-    """``conv k x k (bias, stride) -> InstanceNorm (affine) -> LeakyReLU(0.01)``."""
+    """``conv k (bias, stride, 'same' padding) -> InstanceNorm (affine) -> LeakyReLU(0.01)``."""
 
     features: int
-    stride: tuple[int, int] = (1, 1)
+    stride: tuple[int, ...] = (1, 1)
+    kernel: tuple[int, ...] | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = tuple(self.kernel or (3,) * len(self.stride))
         x = Conv(
             self.features,
-            (3, 3),
+            kernel,
             strides=tuple(self.stride),
-            padding=((1, 1), (1, 1)),
+            padding=tuple((k // 2, k // 2) for k in kernel),
             kernel_init=he_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -73,7 +78,14 @@ class ConvNormAct(nn.Module):
 
 
 class NNUNet(nn.Module):
-    """A 2-D nnU-Net from an :class:`~ife_jax.nn.nnunet_plan.NNUNetPlan`.
+    """A 2-D or 3-D nnU-Net from a plan.
+
+    The plan is any object with the fields of :class:`~ife_jax.nn.nnunet_plan.NNUNetPlan` that
+    describe the network (``features``, ``strides``, ``encoder_convs``, ``decoder_convs``,
+    ``in_channels``, ``num_classes``, ``ife_levels``, ``ife_ratios``, ``deep_supervision``,
+    ``total_stride``, ``num_stages``) and optionally ``kernel_sizes`` (one per stage): the 2-D
+    plan of :mod:`ife_jax.nn.nnunet_plan` or a configuration of :mod:`ife_jax.nnunet.plans`.
+    Volumes are (B, D, H, W, C) when the strides have three entries.
 
     Attributes:
       plan: the configuration (stages, widths, strides, convolutions, IFE levels and ratios).
@@ -106,26 +118,35 @@ class NNUNet(nn.Module):
             raise ValueError(
                 f"NNUNet: ife must be None, 'curvature' or 'entropy'; got {self.ife!r}."
             )
-        if images.ndim != 4 or images.shape[-1] != plan.in_channels:
+        dims = len(plan.strides[0])
+        axes = "B, D, H, W" if dims == 3 else "B, H, W"
+        if images.ndim != dims + 2 or images.shape[-1] != plan.in_channels:
             raise ValueError(
-                f"NNUNet expects (B, H, W, {plan.in_channels}) images; got shape {images.shape}."
+                f"NNUNet expects ({axes}, {plan.in_channels}) inputs; got shape {images.shape}."
             )
-        h, w = images.shape[1:3]
-        sy, sx = plan.total_stride
-        pad = (-h % sy, -w % sx)
+        size = images.shape[1:-1]
+        pad = tuple(-n % t for n, t in zip(size, plan.total_stride, strict=True))
         if any(pad):
             if train:
                 raise ValueError(
-                    f"NNUNet training needs H and W divisible by {plan.total_stride}; "
-                    f"got {h} x {w}."
+                    f"NNUNet training needs spatial sizes divisible by {plan.total_stride}; "
+                    f"got {size}."
                 )
-            images = jnp.pad(images, ((0, 0), (0, pad[0]), (0, pad[1]), (0, 0)))
+            images = jnp.pad(images, ((0, 0), *((0, p) for p in pad), (0, 0)))
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kernels = getattr(plan, "kernel_sizes", None) or ((3,) * dims,) * plan.num_stages
+        ones = (1,) * dims
 
-        x, skips = images, []
+        x, skips = images.astype(self.dtype), []
         for s, (f, stride) in enumerate(zip(plan.features, plan.strides, strict=True)):
             for i in range(plan.encoder_convs):
-                x = ConvNormAct(f, tuple(stride) if i == 0 else (1, 1), name=f"enc{s}_{i}", **kw)(x)
+                x = ConvNormAct(
+                    f,
+                    tuple(stride) if i == 0 else ones,
+                    tuple(kernels[s]),
+                    name=f"enc{s}_{i}",
+                    **kw,
+                )(x)
             skips.append(x)
 
         outputs = {}
@@ -138,24 +159,24 @@ class NNUNet(nn.Module):
             skip = skips.pop()
             r = plan.ife_ratios[plan.ife_levels.index(s)] if s in plan.ife_levels else 0.0
             if self.ife is not None and r > 0:
-                if min(skip.shape[1:3]) < 3:
+                if min(skip.shape[1:-1]) < 3:
                     raise ValueError(
-                        f"NNUNet: IFE on skip level {s} needs its feature map to be at least "
-                        f"3 x 3; got {skip.shape[1]} x {skip.shape[2]} (a larger input or "
-                        "other ife_levels)."
+                        f"NNUNet: IFE on skip level {s} needs its feature map to be at least 3 "
+                        f"along every axis; got {skip.shape[1:-1]} (a larger input or other "
+                        "ife_levels)."
                     )
                 ife = IFE(self.ife, r, "raw_first", entropy_mode=self.entropy_mode, name=f"ife{s}")
                 skip = ife(skip)
             x = jnp.concatenate([x, skip], -1)
             for i in range(plan.decoder_convs):
-                x = ConvNormAct(f, name=f"dec{s}_{i}", **kw)(x)
+                x = ConvNormAct(f, ones, tuple(kernels[s]), name=f"dec{s}_{i}", **kw)(x)
             if s < len(self.output_weights):  # a head exactly where the loss weight is non-zero
                 # Always computed so that parameters exist in both modes; unused ones are
                 # removed by XLA.
                 outputs[s] = Conv(
-                    plan.num_classes, (1, 1), kernel_init=he_init, name=f"head{s}", **kw
+                    plan.num_classes, ones, kernel_init=he_init, name=f"head{s}", **kw
                 )(x)
 
         if not train:
-            return outputs[0][:, :h, :w]
+            return outputs[0][(slice(None), *(slice(0, n) for n in size))]
         return tuple(outputs[s] for s in range(len(self.output_weights)))
