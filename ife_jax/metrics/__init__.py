@@ -77,6 +77,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ife_jax._extras import missing_extra
+
+try:
+    import cv2  # noqa: F401
+    import matplotlib  # noqa: F401
+    import scipy  # noqa: F401
+    import skimage  # noqa: F401
+    import tqdm  # noqa: F401
+except ModuleNotFoundError as err:
+    raise missing_extra(err, "train") from None
+
 from ife_jax.metrics._inputs import (
     EMPTY_CASES,
     PROB_TOLERANCE,

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
+
+from ife_jax._extras import missing_extra
+
+try:
+    import orbax.checkpoint as ocp
+except ModuleNotFoundError as err:
+    raise missing_extra(err, "train") from None
 
 ITEMS = ("state", "data", "meta")
 
