@@ -52,6 +52,7 @@ DSC = JC = F1 = Con = HD = ASD = 0 and RVD = 100 (empty prediction) or ``100 |P|
 ground truth). :func:`empty_case` names the case of an image; the report counts them.
 
 Where ``"paper"`` departs from the reference's code, on purpose:
+
 - MAE: the reference subtracts two uint8 0/255 images, where a false positive gives
   255 - 0 = 255 but a false negative 0 - 255, which wraps to 1; its MAE is therefore
   ``(255 FP + FN) / (255 H W)``, while here it is ``(FP + FN) / (H W)``. On images dominated by
