@@ -235,7 +235,7 @@ def test_shared_layer_checks_on_the_flax_module_layer(tmp_path):
     """The same checks for the other public layer, the Flax wrapper (JAX backend only)."""
     if not ON_JAX:
         pytest.skip("FlaxModule runs on the JAX backend")
-    export = pytest.importorskip("ife_jax.keras.export", reason="the Flax export is not available")
+    from ife_jax.keras import export
     from ife_jax.nn import UNet
 
     def make():
