@@ -2,8 +2,11 @@
 
 The IFE ops are re-exported here; models live in ``ife_jax.nn`` (Flax) and ``ife_jax.keras``
 (Keras 3), metrics in ``ife_jax.metrics``, the input pipeline in ``ife_jax.data`` and training
-in ``ife_jax.train``. Importing ``ife_jax`` itself loads JAX only.
+in ``ife_jax.train``. Importing ``ife_jax`` itself loads JAX only; the subpackages that need
+more name the extra to install (``pip install 'ife-jax[all]'`` installs every one).
 """
+
+from importlib import metadata as _metadata
 
 from ife_jax.ops import (
     CURVATURE_KERNEL,
@@ -17,7 +20,10 @@ from ife_jax.ops import (
     top_channels,
 )
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("ife-jax")  # the version is set in pyproject.toml only
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CURVATURE_KERNEL",

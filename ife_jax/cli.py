@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ife_jax.ops._checks import CRITERIA
+
 
 class UsageError(Exception):
     """A bad command-line argument; printed as one line, exit status 2."""
@@ -43,7 +45,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def _ife(text: str) -> str:
     if text in ("none", "None", ""):
         return "none"
-    if text not in ("curvature", "entropy"):
+    if text not in CRITERIA:
         raise argparse.ArgumentTypeError(f"must be none, curvature or entropy, got {text!r}")
     return text
 

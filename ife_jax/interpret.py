@@ -142,30 +142,21 @@ def selections_by_checkpoint(workdir, images, *, batch_size: int = 16) -> dict[i
     """
     import jax
 
-    from ife_jax.train.checkpointing import Checkpointer
-    from ife_jax.train.evaluate import load_config
-    from ife_jax.train.models import build_model
-    from ife_jax.train.plan import plan_for_run
+    from ife_jax.train import load_run
 
-    config = load_config(workdir)
-    model = build_model(config, plan=plan_for_run(config, workdir, save=False))
+    with load_run(workdir) as run:
 
-    @jax.jit
-    def forward(variables, x):
-        _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
-        return state["intermediates"]
+        @jax.jit
+        def forward(variables, x):
+            _, state = run.model.apply(variables, x, train=False, mutable=["intermediates"])
+            return state["intermediates"]
 
-    checkpointer = Checkpointer(workdir, read_only=True)
-    try:
-        steps = sorted(checkpointer.recent.all_steps())
+        steps = run.steps()
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {workdir}")
         out = {}
         for step in steps:
-            state, _, _ = checkpointer.read(step)
-            variables = {"params": state["params"]}
-            if state.get("batch_stats"):
-                variables["batch_stats"] = state["batch_stats"]
+            variables = run.variables(step)
             parts: dict[str, list] = {}
             for i in range(0, len(images), batch_size):
                 found = collect_indices(forward(variables, np.asarray(images[i : i + batch_size])))
@@ -173,8 +164,6 @@ def selections_by_checkpoint(workdir, images, *, batch_size: int = 16) -> dict[i
                     parts.setdefault(site, []).append(idx)
             out[int(step)] = {site: np.concatenate(v) for site, v in parts.items()}
         return out
-    finally:
-        checkpointer.close()
 
 
 def synthetic_volume(shape: tuple[int, int, int] = (24, 48, 48), *, seed: int = 0) -> np.ndarray:

@@ -48,7 +48,7 @@ def _type_name(hint: Any) -> str:
 
 
 def _dtype(value: Any, where: str):
-    import jax.numpy as jnp  # noqa: PLC0415 - plans and configs are read without importing jax
+    import jax.numpy as jnp  # here: plans and configs are read without importing jax
 
     if not (
         isinstance(value, Mapping)

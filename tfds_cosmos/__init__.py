@@ -24,7 +24,13 @@ from __future__ import annotations
 import os
 import re
 
-import tensorflow_datasets as tfds
+from ife_jax._extras import missing_extra
+
+try:
+    import etils.epath  # noqa: F401
+    import tensorflow_datasets as tfds
+except ModuleNotFoundError as err:
+    raise missing_extra(err, "data") from None
 
 from tfds_cosmos.core.builder import DatasetBuildError, DmisFolderBuilder, dmis_features
 from tfds_cosmos.cosmos55k import Cosmos55k

@@ -5,6 +5,16 @@
 ``transforms`` holds the per-example NumPy/OpenCV steps and the inverse evaluation mapping.
 """
 
+from ife_jax._extras import missing_extra
+
+try:
+    import cv2  # noqa: F401
+    import grain  # noqa: F401
+    import PIL  # noqa: F401
+    import tqdm  # noqa: F401
+except ModuleNotFoundError as err:
+    raise missing_extra(err, "data") from None
+
 from ife_jax.data.arrays import to_arrays
 from ife_jax.data.images import UnreadableImageError, read_image, read_mask
 from ife_jax.data.loader import invert_eval_batch, make_eval_loader, make_train_loader

@@ -108,16 +108,17 @@ def make_train_loader(
       seed: shuffling, augmentation and batch sizes all follow from it.
       sizes: candidate sides; each batch is resized to one of them, drawn uniformly.
       num_workers: 0 = in this process; N = N worker processes (same batches, same order).
-      shard_index, shard_count: this host's share of the records (``source[shard_index::
-        shard_count]``), e.g. ``jax.process_index()``, ``jax.process_count()``.
+      shard_index, shard_count: this host's share of the records
+        (``source[shard_index::shard_count]``), e.g. ``jax.process_index()``,
+        ``jax.process_count()``.
       num_epochs: None = repeat forever; else stop after that many passes (reshuffled each).
       augment: probabilities/limits (``transforms.NO_AUGMENT`` for padding + resize only).
       num_threads, prefetch: grain read threads and prefetch depth per process.
 
     Returns:
-      a ``grain.IterDataset``; ``iter()`` gives an iterator of dicts ``{"image": float32
-      (B, S, S, 3) normalised with ``transforms.MEAN``/``STD``, "mask": float32 (B, S, S, 1)
-      in [0, 1]}`` with ``get_state()`` / ``set_state(state)``.
+      a ``grain.IterDataset``; ``iter()`` gives an iterator of dicts with ``"image"``, float32
+      (B, S, S, 3) normalised with ``transforms.MEAN``/``STD``, and ``"mask"``, float32
+      (B, S, S, 1) in [0, 1], with ``get_state()`` / ``set_state(state)``.
 
     Raises:
       ValueError: bad batch size, sizes, shard or worker arguments, or an empty shard.

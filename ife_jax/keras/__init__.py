@@ -8,9 +8,13 @@ on every Keras backend (JAX through the pure functions of ``ife_jax``, TensorFlo
 through ``keras.ops``); ``from_flax`` needs the JAX backend.
 """
 
+from ife_jax._extras import missing_extra
+
 try:
     import keras
-except ModuleNotFoundError as err:  # the backend named by KERAS_BACKEND or keras.json is missing
+except ModuleNotFoundError as err:  # Keras, or the backend named by KERAS_BACKEND or keras.json
+    if err.name == "keras":
+        raise missing_extra(err, "keras") from None
     if err.name not in ("tensorflow", "torch", "jax"):
         raise
     raise ImportError(

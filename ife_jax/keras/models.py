@@ -7,10 +7,15 @@ from collections.abc import Sequence
 import keras
 
 from ife_jax.keras.layers import IFELayer
+from ife_jax.ops._checks import check_ife
 
 
 def _conv_init():
-    """He-normal over the output fan, as the Flax networks initialise their convolutions."""
+    """He initialisation over the output fan (variance 2 / fan_out) from a truncated normal.
+
+    The Flax networks use the same variance from an untruncated normal
+    (``ife_jax.nn.layers.conv_init``), so the two start from different draws.
+    """
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="truncated_normal")
 
 
@@ -71,8 +76,9 @@ def unet(
       num_classes: output channels (1 for dichotomous segmentation).
       bins, entropy_mode: passed to :class:`ife_jax.keras.IFELayer`.
       kernel_initializer: initializer of every convolution kernel (anything
-        ``keras.initializers.get`` accepts); ``None`` gives He-normal over the output fan, as
-        the Flax networks. Biases start at zero.
+        ``keras.initializers.get`` accepts); ``None`` gives He initialisation over the output
+        fan (variance 2 / fan_out) from a truncated normal: the variance of the Flax networks,
+        which draw from an untruncated normal. Biases start at zero.
       name: the model name.
 
     Returns:
@@ -87,11 +93,8 @@ def unet(
       >>> model.output_shape
       (None, 64, 64, 1)
     """
-    if ife not in (None, "curvature", "entropy"):
-        raise ValueError(f"ife must be None, 'curvature' or 'entropy'; got {ife!r}.")
+    check_ife(ife, ratios, 2, name="unet")
     ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 2 or not all(0.0 <= r <= 1.0 for r in ratios):
-        raise ValueError(f"ratios must be two numbers in [0, 1]; got {ratios!r}.")
     widths = tuple(widths)
     if len(widths) != 5 or not all(isinstance(w, int) and w > 0 for w in widths):
         raise ValueError(f"widths must be five positive integers; got {widths!r}.")

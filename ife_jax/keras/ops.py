@@ -196,10 +196,15 @@ def _paper_entropy(x, bins: int):
 
 
 def _fused(x):
-    """Finite-masked fused pair values ``100 i + j`` and the (B, C) row finiteness."""
+    """Finite-masked fused pair values ``100 i + j`` and the (B, C) row finiteness.
+
+    The product is rounded before the addition, as in ``ife_jax.ops.entropy``: the identity
+    select keeps a compiler from contracting the two into one fused multiply-add.
+    """
     finite = ops.all(ops.isfinite(x), axis=(1, 2))
     xc = ops.where(ops.isfinite(x), x, 0.0)
-    return 100.0 * xc + _neighbour_mean(xc), finite
+    product = ops.where(xc == xc, 100.0 * xc, xc)
+    return product + _neighbour_mean(xc), finite
 
 
 def reference_histogram(x, *, bins: int = 256):

@@ -52,6 +52,7 @@ DSC = JC = F1 = Con = HD = ASD = 0 and RVD = 100 (empty prediction) or ``100 |P|
 ground truth). :func:`empty_case` names the case of an image; the report counts them.
 
 Where ``"paper"`` departs from the reference's code, on purpose:
+
 - MAE: the reference subtracts two uint8 0/255 images, where a false positive gives
   255 - 0 = 255 but a false negative 0 - 255, which wraps to 1; its MAE is therefore
   ``(255 FP + FN) / (255 H W)``, while here it is ``(FP + FN) / (H W)``. On images dominated by
@@ -76,6 +77,17 @@ Where ``"paper"`` departs from the reference's code, on purpose:
 from __future__ import annotations
 
 import numpy as np
+
+from ife_jax._extras import missing_extra
+
+try:
+    import cv2  # noqa: F401
+    import matplotlib  # noqa: F401
+    import scipy  # noqa: F401
+    import skimage  # noqa: F401
+    import tqdm  # noqa: F401
+except ModuleNotFoundError as err:
+    raise missing_extra(err, "train") from None
 
 from ife_jax.metrics._inputs import (
     EMPTY_CASES,

@@ -10,6 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ife_jax.nn.conv import Conv
+from ife_jax.ops._checks import (
+    check_ife as check_ife,  # one check, shared with Keras and the config
+)
 
 #: He-normal initialiser over the output fan, as torchvision's ResNet initialises convolutions.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -155,20 +158,3 @@ def check_input(x: jax.Array, *, stride: int, name: str) -> None:
             f"{name} needs an input height and width divisible by {stride}; got {h} x {w} "
             f"(pad or resize to a multiple of {stride})."
         )
-
-
-def check_ife(ife: str | None, ratios: tuple[float, ...], n: int, *, name: str) -> None:
-    """Validate the ``ife`` criterion and its ``ratios`` for a network with ``n`` insertions.
-
-    Every ratio lies in [0, 1]; a ratio of 0 switches IFE off at that insertion point (no IFE
-    module there and no extra channels after it).
-    """
-    if ife not in (None, "curvature", "entropy"):
-        raise ValueError(f"{name}: ife must be None, 'curvature' or 'entropy'; got {ife!r}.")
-    if len(ratios) != n:
-        raise ValueError(f"{name}: ratios must have {n} entries; got {ratios!r}.")
-    for r in ratios:
-        if not 0.0 <= float(r) <= 1.0:
-            raise ValueError(
-                f"{name}: every ratio must lie in [0, 1] (0: no IFE at that point); got {ratios!r}."
-            )

@@ -343,7 +343,7 @@ def folder_pairs(folder: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.nda
       ValueError: if the folder holds no pair, or naming an image or mask that cannot be read
         (empty, truncated, not an image).
     """
-    from ife_jax.data.images import read_image, read_mask  # noqa: PLC0415 - a light `ife_jax.nn`
+    from ife_jax.data.images import read_image, read_mask  # here: a light `ife_jax.nn`
 
     folder = Path(folder)
     images = sorted(p for p in folder.glob("*.png") if not p.stem.endswith("_mask"))

@@ -112,7 +112,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     if ext in (".pth", ".pt", ".bin"):
         try:
-            import torch  # noqa: PLC0415 - optional, never a dependency
+            import torch  # optional, never a dependency
         except ImportError as err:
             raise ValueError(
                 f"{path}: reading PyTorch files needs torch, which is not installed. Convert it "
@@ -129,17 +129,27 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ValueError(f"{path}: unknown state-dict format {ext!r} (use .safetensors, .npz, .pth).")
 
 
-def _torch_name(path: Sequence[str], collection: str) -> str:
-    """Flax path inside the backbone -> torchvision state-dict name."""
+def _torch_name(
+    path: Sequence[str],
+    collection: str,
+    *,
+    downsample: tuple[str, str] = ("downsample.0", "downsample.1"),
+    numbered: str = r"layer\d+",
+) -> str:
+    """Flax path inside the backbone -> torchvision state-dict name.
+
+    ``downsample`` names the shortcut's convolution and BatchNorm; a Flax module named
+    ``<numbered>_<i>`` (``layer1_0``) is the ``<numbered>.<i>`` of the state dict.
+    """
     *modules, leaf = path
     parts = []
     for m in modules:
         if m == "downsample_conv":
-            parts.append("downsample.0")
+            parts.append(downsample[0])
         elif m == "downsample_bn":
-            parts.append("downsample.1")
+            parts.append(downsample[1])
         else:
-            parts.append(re.sub(r"^(layer\d+)_(\d+)$", r"\1.\2", m))
+            parts.append(re.sub(rf"^({numbered})_(\d+)$", r"\1.\2", m))
     if collection == "batch_stats":
         leaf = {"mean": "running_mean", "var": "running_var"}[leaf]
     else:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -154,21 +153,14 @@ class Res2Net(nn.Module):
 
 
 def _torch_name(path: Sequence[str], collection: str) -> str:
-    """Flax path inside the backbone -> name in the public Res2Net v1b state dict."""
-    *modules, leaf = path
-    parts = []
-    for m in modules:
-        if m == "downsample_conv":
-            parts.append("downsample.1")
-        elif m == "downsample_bn":
-            parts.append("downsample.2")
-        else:
-            parts.append(re.sub(r"^(conv1|layer\d+|convs|bns)_(\d+)$", r"\1.\2", m))
-    if collection == "batch_stats":
-        leaf = {"mean": "running_mean", "var": "running_var"}[leaf]
-    else:
-        leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
-    return ".".join([*parts, leaf])
+    """Flax path inside the backbone -> name in the public Res2Net v1b state dict (its shortcut
+    starts with an average pool, so the convolution and BatchNorm are ``downsample.1``/``.2``)."""
+    return pretrained._torch_name(
+        path,
+        collection,
+        downsample=("downsample.1", "downsample.2"),
+        numbered=r"conv1|layer\d+|convs|bns",
+    )
 
 
 def res2net_to_state_dict(

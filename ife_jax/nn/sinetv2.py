@@ -264,8 +264,13 @@ class SINetV2(nn.Module):
         def enhance(t, ratio, name):
             if self.ife is None or ratio == 0:
                 return t
-            order = "selected_first"
-            return IFE(self.ife, float(ratio), order, entropy_mode=self.entropy_mode, name=name)(t)
+            return IFE(
+                criterion=self.ife,
+                ratio=float(ratio),
+                order="selected_first",
+                entropy_mode=self.entropy_mode,
+                name=name,
+            )(t)
 
         e2 = enhance(t2, self.ratios[0], "ife2")
         e3 = enhance(t3, self.ratios[1], "ife3")

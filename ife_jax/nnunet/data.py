@@ -237,7 +237,7 @@ def read_image_file(
         return a.transpose(2, 1, 0), zooms[::-1], np.asarray(img.affine, np.float64)
     except ImportError:
         raise
-    except Exception as err:  # noqa: BLE001 - any reader failure means "unreadable"
+    except Exception as err:  # any reader failure means "unreadable"
         raise ValueError(f"{path}: cannot read it ({type(err).__name__}: {err}).") from None
 
 

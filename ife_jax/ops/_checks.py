@@ -55,6 +55,31 @@ def check_choice(value, choices, *, name: str) -> str:
     return value
 
 
+def check_ife(ife, ratios, n: int | None = None, *, name: str) -> None:
+    """Checks a network's ``ife`` criterion (``None`` or one of :data:`CRITERIA`) and ``ratios``.
+
+    Every ratio lies in [0, 1]; a ratio of 0 switches IFE off at that insertion point (no IFE
+    module there and no extra channels after it). With ``n`` given, there must be ``n`` ratios.
+
+    Raises:
+      ValueError: naming ``name`` and the bad value.
+    """
+    if ife is not None and ife not in CRITERIA:
+        raise ValueError(f"{name}: ife must be None, 'curvature' or 'entropy'; got {ife!r}.")
+    if ratios is None:
+        return
+    ratios = tuple(ratios)
+    if n is not None and len(ratios) != n:
+        raise ValueError(f"{name}: ratios must have {n} entries; got {ratios!r}.")
+    for r in ratios:
+        if isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name}: ratios must be numbers in [0, 1]; got {ratios!r}.")
+        if not 0.0 <= float(r) <= 1.0:
+            raise ValueError(
+                f"{name}: ratios must each lie in [0, 1] (0: no IFE at that point); got {ratios!r}."
+            )
+
+
 def num_selected(channels: int, ratio) -> int:
     """k = int(ratio * C), the number of channels IFE keeps (floor, as the reference)."""
     try:

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
+
+from ife_jax._extras import missing_extra
+
+try:
+    import orbax.checkpoint as ocp
+except ModuleNotFoundError as err:
+    raise missing_extra(err, "train") from None
 
 ITEMS = ("state", "data", "meta")
 
@@ -181,7 +187,7 @@ class Checkpointer:
                         meta=ocp.args.JsonRestore(),
                     ),
                 )
-            except Exception as err:  # noqa: BLE001 - any failure to read means "corrupt"
+            except Exception as err:  # any failure to read means "corrupt"
                 _silence_abandoned_reads()
                 where = Path(manager.directory) / str(step)
                 action = (
@@ -238,7 +244,7 @@ class Checkpointer:
         manager = self.best if best else self.recent
         try:
             restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        except Exception as err:  # noqa: BLE001 - Orbax raises many kinds
+        except Exception as err:  # Orbax raises many kinds
             raise ValueError(
                 f"{Path(manager.directory) / str(step)}: cannot read its metadata ({err})"
             ) from None

@@ -18,12 +18,15 @@ import types
 import typing
 from typing import Any
 
+from ife_jax.data.transforms import EVAL_SIZE, TRAIN_SIZES
+from ife_jax.ops._checks import CRITERIA, check_ife
+
 MODELS = ("unet", "deeplabv3plus", "sinetv2", "nnunet")
-IFE_CRITERIA = (None, "curvature", "entropy")
+IFE_CRITERIA = (None, *CRITERIA)
 PRECISIONS = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "sgd")
 #: The reference's six training sizes: each batch is resized to one of them.
-REFERENCE_TRAIN_SIZES = (224, 256, 288, 320, 352, 384)
+REFERENCE_TRAIN_SIZES = TRAIN_SIZES
 #: Networks whose backbone can start from a state dict (``pretrained_backbone``).
 PRETRAINED_BACKBONES = {"deeplabv3plus": "ResNet-50/101", "sinetv2": "Res2Net-50 v1b"}
 #: The IFE ratios of each Table 1 row of the paper, per network and criterion (shallow to deep).
@@ -98,7 +101,7 @@ class TrainConfig:
     pretrained_backbone: str | None = None
     pretrained_backbone_sha256: str | None = None
     train_sizes: tuple[int, ...] = REFERENCE_TRAIN_SIZES
-    eval_size: int = 224
+    eval_size: int = EVAL_SIZE
     precision: str = "float32"
     seed: int = 0
     eval_every_epochs: int = 1
@@ -124,10 +127,7 @@ class TrainConfig:
 
         if self.model not in MODELS:
             bad("model", f"must be one of {', '.join(MODELS)}")
-        if self.ife not in IFE_CRITERIA:
-            bad("ife", "must be None, 'curvature' or 'entropy'")
-        if self.ratios is not None and not all(0.0 <= r <= 1.0 for r in self.ratios):
-            bad("ratios", "every ratio must lie in [0, 1] (0: no IFE at that insertion point)")
+        check_ife(self.ife, self.ratios, name="TrainConfig")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:

@@ -118,7 +118,11 @@ def _source(dataset: str, split: str, data_dir: str | None):
 
 
 def load_inputs(config: TrainConfig):
-    """``(train_input, validation_examples)`` for ``config``; each process reads its own shard."""
+    """``(train_input, validation_examples)`` for ``config``; each process reads its own shard.
+
+    The validation examples are a sequence decoded on access from the dataset's random-access
+    source, not a list held in memory for the whole run.
+    """
     source = _source(config.dataset, config.train_split, config.data_dir)
     if config.max_train_examples is not None:
         source = _Limited(source, config.max_train_examples)
@@ -128,4 +132,4 @@ def load_inputs(config: TrainConfig):
         data_dir=config.data_dir,
         limit=config.max_eval_examples,
     )
-    return GrainTrainInput(source, config), list(val)
+    return GrainTrainInput(source, config), val

@@ -154,13 +154,13 @@ def evaluate(
       checkpoint: ``"best"`` or ``"latest"``.
       max_examples: evaluate only the first n examples.
       output: the report folder.
-      examples: evaluate these ``Example`` s instead of the dataset split.
+      examples: evaluate these ``Example`` objects instead of the dataset split.
       name: the model's name in the report (default :func:`run_name`).
 
     Returns:
-      ``{"standard": summary, "paper": summary, "records": {convention: records},
-      "probs": maps, "examples": examples, "name", "n", "step", "output"}`` where a summary maps
-      each metric to its mean and std.
+      a dict with ``"standard"`` and ``"paper"`` (each a summary, mapping every metric to its
+      mean and std), ``"records"`` (``{convention: records}``), ``"probs"`` (the maps),
+      ``"examples"``, ``"name"``, ``"n"``, ``"step"`` and ``"output"``.
     """
     from ife_jax.train.workdir import check_directory, check_writable_folder
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -105,6 +106,9 @@ def create_train_state(
 ) -> TrainState:
     """Initialises the state directly into its (replicated) shardings.
 
+    Deprecated: the training loop initialises through :func:`abstract_train_state`,
+    :func:`state_shardings` and :func:`initialize`; call those.
+
     Args:
       model: a Linen module following the project's call convention.
       tx: the optimiser.
@@ -112,6 +116,12 @@ def create_train_state(
       image_shape: (B, H, W, C) of a dummy input used to trace ``model.init``.
       mesh: the device mesh.
     """
+    warnings.warn(
+        "ife_jax.train.state.create_train_state is deprecated: use abstract_train_state, "
+        "state_shardings and initialize.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     abstract, init = abstract_train_state(model, tx, image_shape)
     return initialize(init, key, state_shardings(abstract, mesh))
 

@@ -6,15 +6,15 @@ import zipfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
 
-from ife_jax.keras import FlaxModule, from_flax  # noqa: E402
-from ife_jax.keras.export import module_from_config, module_to_config  # noqa: E402
-from ife_jax.nn import DeepLabV3Plus, NNUNet, NNUNetPlan, SINetV2, UNet  # noqa: E402
+from ife_jax.keras import FlaxModule, from_flax
+from ife_jax.keras.export import module_from_config, module_to_config
+from ife_jax.nn import DeepLabV3Plus, NNUNet, NNUNetPlan, SINetV2, UNet
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX backend only")
 

@@ -105,6 +105,16 @@ def test_ops_scores_match_jax_scores():
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5)
 
 
+def test_ops_fused_values_are_bitwise_the_jax_values():
+    """``100 i + j`` is rounded after the product on every backend, as in ``ife_jax.ops``: a fused
+    multiply-add would move some values by one ulp and change their histogram bins."""
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.normal(size=(2, 16, 16, 8)), 0.0).astype(np.float32)
+    want = np.asarray(ife_jax.ops.fused_pair_values(x))
+    got = np_out(compiled(lambda v: keras_ife._fused(v)[0])(x))
+    np.testing.assert_array_equal(got, want)
+
+
 def test_ops_selection_tie_rule():
     scores = np.array(
         [
@@ -235,7 +245,7 @@ def test_shared_layer_checks_on_the_flax_module_layer(tmp_path):
     """The same checks for the other public layer, the Flax wrapper (JAX backend only)."""
     if not ON_JAX:
         pytest.skip("FlaxModule runs on the JAX backend")
-    export = pytest.importorskip("ife_jax.keras.export", reason="the Flax export is not available")
+    from ife_jax.keras import export
     from ife_jax.nn import UNet
 
     def make():

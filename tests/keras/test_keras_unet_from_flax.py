@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from ife_jax.keras import load_flax_unet_weights, unet
-
-UNet = pytest.importorskip("ife_jax.nn.unet", reason="the Flax UNet is not available").UNet
+from ife_jax.nn.unet import UNet
 
 TINY = (4, 8, 16, 32, 64)
 ON_JAX = keras.backend.backend() == "jax"

@@ -4,17 +4,17 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
 
-from ife_jax import curvature_scores  # noqa: E402
-from ife_jax.nn import UNet3D, enhanced_channels  # noqa: E402
-from ife_jax.train.sharding import make_mesh, shard_batch  # noqa: E402
-from ife_jax.train.state import create_train_state  # noqa: E402
-from ife_jax.train.step import jit_train_step, make_train_step  # noqa: E402
+from ife_jax import curvature_scores
+from ife_jax.nn import UNet3D, enhanced_channels
+from ife_jax.train.sharding import make_mesh, shard_batch
+from ife_jax.train.state import abstract_train_state, initialize, state_shardings
+from ife_jax.train.step import jit_train_step, make_train_step
 
 TINY = (2, 4, 8, 8)  # stride 8
 SHAPE = (2, 16, 16, 16, 1)
@@ -103,7 +103,8 @@ def test_sharded_train_step_lowers_the_loss():
     model = UNet3D(widths=TINY, ife="entropy")
     tx = optax.adam(1e-2)
     mesh = make_mesh()
-    state = create_train_state(model, tx, key(3), image_shape=SHAPE, mesh=mesh)
+    abstract, init = abstract_train_state(model, tx, SHAPE)
+    state = initialize(init, key(3), state_shardings(abstract, mesh))
     step = jit_train_step(make_train_step(model, tx, base_key=key(4)),
                           jax.tree.map(lambda a: a.sharding, state), mesh)  # fmt: skip
     batch = shard_batch(sphere_batch(), mesh)

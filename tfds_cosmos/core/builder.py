@@ -68,7 +68,9 @@ def _format_problems(problems, limit: int = 50) -> str:
 class DmisFolderBuilder(CodePathMixin, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Builds a DMIS dataset from a folder of image/mask pairs (see ``tfds_cosmos.core.scan``).
 
-    Keyword arguments on top of TFDS's:
+    It takes TFDS's keyword arguments and those below.
+
+    Args:
       layout: ``"auto"`` | ``"reference"`` | ``"tree"``.
       skip_invalid: if False (default) any problem raises :class:`DatasetBuildError` naming the
         files; if True the bad files are left out and listed in ``build_report.json``.
