@@ -24,7 +24,7 @@ import optax
 
 from ife_jax.losses import structure_loss
 from ife_jax.nn import DeepLabV3Plus, NNUNet, SINetV2, UNet
-from ife_jax.nn.nnunet_plan import ChannelIntensity, Fingerprint, plan_from_fingerprint
+from ife_jax.nnunet.image_plans import ChannelIntensity, Fingerprint, plan_from_fingerprint
 
 #: The 2-D nnU-Net plan of a dataset of 1000 RGB 224 x 224 images (6 stages, widths 32-512);
 #: the network runs on any size divisible by its total stride (32).

@@ -171,8 +171,7 @@ def _predict(args) -> int:
 
 
 def _plan(args) -> int:
-    from ife_jax.nn.nnunet_plan import format_plan
-    from ife_jax.train.plan import make_plan
+    from ife_jax.nnunet.image_plans import format_plan, make_plan
 
     kwargs = {"memory_gb": args.memory_gb} if args.memory_gb else {}
     plan = make_plan(

@@ -3,14 +3,6 @@
 from ife_jax.nn.deeplabv3plus import ASPP, DeepLabV3Plus
 from ife_jax.nn.ife import IFE, enhanced_channels
 from ife_jax.nn.nnunet import NNUNet
-from ife_jax.nn.nnunet_plan import (
-    Fingerprint,
-    NNUNetPlan,
-    compute_fingerprint,
-    format_plan,
-    plan_dataset,
-    plan_from_fingerprint,
-)
 from ife_jax.nn.pretrained import (
     load_pretrained_backbone,
     load_resnet_state_dict,
@@ -32,24 +24,43 @@ __all__ = [
     "ASPP",
     "IFE",
     "DeepLabV3Plus",
-    "Fingerprint",
     "NNUNet",
-    "NNUNetPlan",
     "Res2Net",
     "ResNet",
     "SINetV2",
     "UNet",
     "UNet3D",
-    "compute_fingerprint",
     "enhanced_channels",
-    "format_plan",
     "load_pretrained_backbone",
     "load_pretrained_res2net",
     "load_res2net_state_dict",
     "load_resnet_state_dict",
-    "plan_dataset",
-    "plan_from_fingerprint",
     "read_state_dict",
     "res2net_to_state_dict",
     "resnet_to_state_dict",
 ]
+
+#: Planner names ``ife_jax.nn`` used to re-export; they live in ``ife_jax.nnunet.image_plans``.
+_MOVED = (
+    "Fingerprint",
+    "NNUNetPlan",
+    "compute_fingerprint",
+    "format_plan",
+    "plan_dataset",
+    "plan_from_fingerprint",
+)
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import warnings
+
+        from ife_jax.nnunet import image_plans
+
+        warnings.warn(
+            f"ife_jax.nn.{name} is deprecated; import it from ife_jax.nnunet.image_plans.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(image_plans, name)
+    raise AttributeError(f"module 'ife_jax.nn' has no attribute {name!r}")

@@ -20,6 +20,8 @@ stage has no head here (nnU-Net computes and discards it).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,7 +29,9 @@ import jax.numpy as jnp
 from ife_jax.nn.conv import Conv, ConvTranspose
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import Dtype
-from ife_jax.nn.nnunet_plan import NNUNetPlan
+
+if TYPE_CHECKING:  # the network only reads the plan's fields
+    from ife_jax.nnunet.image_plans import NNUNetPlan
 
 #: He-normal initialisation for leaky ReLU (slope 0.01), as nnU-Net initialises convolutions.
 he_init = nn.initializers.variance_scaling(2.0 / (1.0 + 0.01**2), "fan_in", "normal")
@@ -80,11 +84,11 @@ class ConvNormAct(nn.Module):
 class NNUNet(nn.Module):
     """A 2-D or 3-D nnU-Net from a plan.
 
-    The plan is any object with the fields of :class:`~ife_jax.nn.nnunet_plan.NNUNetPlan` that
+    The plan is any object with the fields of :class:`~ife_jax.nnunet.image_plans.NNUNetPlan` that
     describe the network (``features``, ``strides``, ``encoder_convs``, ``decoder_convs``,
     ``in_channels``, ``num_classes``, ``ife_levels``, ``ife_ratios``, ``deep_supervision``,
     ``total_stride``, ``num_stages``) and optionally ``kernel_sizes`` (one per stage): the 2-D
-    plan of :mod:`ife_jax.nn.nnunet_plan` or a configuration of :mod:`ife_jax.nnunet.plans`.
+    plan of :mod:`ife_jax.nnunet.image_plans` or a configuration of :mod:`ife_jax.nnunet.plans`.
     Volumes are (B, D, H, W, C) when the strides have three entries.
 
     Attributes:

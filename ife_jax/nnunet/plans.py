@@ -23,7 +23,9 @@ From a :class:`~ife_jax.nnunet.fingerprint.Fingerprint` (nnU-Net v2's default pl
    largest relative to the median shape shrinks by its divisibility step and the topology is
    re-planned.
 7. **Batch size** ``round(R / E * b_ref)``, capped so one batch
-   covers at most 5 % of the dataset's voxels, and at least 2.
+   covers at most 5 % of the dataset's voxels, and at least 2. The dataset's voxels are the
+   3-D median resampled shape times the number of cases for both configurations (as nnU-Net
+   v2: the ``2d`` cap counts whole volumes, not one slice per case).
 8. **Normalisation** per channel: ``"ct"`` for a channel named CT (clip to the foreground
    0.5 / 99.5 percentiles, subtract the foreground mean, divide by the foreground std), else
    ``"zscore"`` per image; z-scoring uses only the non-zero region when cropping to it kept
@@ -46,8 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ife_jax.nn.nnunet_plan import default_ife_levels
 from ife_jax.nnunet.fingerprint import Fingerprint, Intensity
+from ife_jax.nnunet.image_plans import default_ife_levels
 from ife_jax.typed_json import from_json
 
 ANISOTROPY = 3.0
@@ -296,7 +298,7 @@ def plan_configuration(
     spacing,
     median_shape,
     *,
-    num_cases: int,
+    dataset_voxels: float,
     in_channels: int,
     num_classes: int = 2,
     memory_gb: float = REFERENCE_GB,
@@ -332,8 +334,7 @@ def plan_configuration(
         pools, strides, kernels, patch = pool_and_conv(spacing, smaller)
         est = estimate(patch, strides)
     batch = round(reference / est * REFERENCE_BATCH[dim])
-    voxels = float(np.prod(median_shape, dtype=np.float64)) * num_cases
-    cap = round(voxels * MAX_DATASET_COVERED / np.prod(patch, dtype=np.float64))
+    cap = round(dataset_voxels * MAX_DATASET_COVERED / np.prod(patch, dtype=np.float64))
     batch = max(min(batch, cap), MIN_BATCH)
     features = widths(len(strides))
     levels = default_ife_levels(len(features)) if ife_levels is None else tuple(ife_levels)
@@ -372,7 +373,8 @@ def plan_experiment(
     resampled = np.round(shapes * spacings / target)
     median = np.median(resampled, axis=0)[list(forward)]
     spacing_t = target[list(forward)]
-    kw = dict(num_cases=fp.num_cases, in_channels=len(fp.channel_names), memory_gb=memory_gb)
+    voxels = float(np.prod(median, dtype=np.float64)) * fp.num_cases
+    kw = dict(dataset_voxels=voxels, in_channels=len(fp.channel_names), memory_gb=memory_gb)
     configs = [plan_configuration("2d", spacing_t[1:], median[1:], **kw)]
     if median[0] > 1:
         configs.append(plan_configuration("3d_fullres", spacing_t, median, **kw))

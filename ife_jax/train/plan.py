@@ -1,49 +1,41 @@
-"""The nnU-Net plan of a training run: fingerprinted from the training split, kept as
-``plan.json`` in the workdir (read back on resume, evaluation and prediction)."""
+"""The nnU-Net plan of a training run: fingerprinted from the training split by
+:func:`ife_jax.nnunet.image_plans.make_plan`, kept as ``plan.json`` in the workdir (read back
+on resume, evaluation and prediction)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from ife_jax.train.config import TrainConfig
 
 PLAN_FILE = "plan.json"
 
 
-def dataset_pairs(
-    dataset: str, split: str, *, data_dir: str | None = None, limit: int | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(image (H, W, 3) uint8, mask (H, W) uint8)`` pairs of a TFDS dataset's split."""
-    from ife_jax.train.datasets import load_examples
-
-    for ex in load_examples(dataset, split, data_dir=data_dir, limit=limit):
-        yield ex.image, ex.mask
+def _moved(name: str) -> None:
+    warnings.warn(
+        f"ife_jax.train.plan.{name} is deprecated; use ife_jax.nnunet.image_plans.{name}.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
-def make_plan(
-    dataset: str,
-    *,
-    split: str = "train",
-    data_dir: str | None = None,
-    limit: int | None = None,
-    **plan_kwargs,
-):
-    """Fingerprints ``dataset`` (a folder of ``X.png``/``X_mask.png`` pairs, or a TFDS dataset
-    name) and returns its :class:`~ife_jax.nn.nnunet_plan.NNUNetPlan`.
+def dataset_pairs(dataset: str, split: str, **kwargs):
+    """Deprecated: :func:`ife_jax.nnunet.image_plans.dataset_pairs`."""
+    from ife_jax.nnunet.image_plans import dataset_pairs as pairs
 
-    ``plan_kwargs`` go to :func:`ife_jax.nn.nnunet_plan.plan_from_fingerprint` (``memory_gb``,
-    ``modality``, ...).
-    """
-    from ife_jax.nn import nnunet_plan
+    _moved("dataset_pairs")
+    return pairs(dataset, split, **kwargs)
 
-    if Path(dataset).is_dir():
-        return nnunet_plan.plan_dataset(dataset, **plan_kwargs)
-    pairs = dataset_pairs(dataset, split, data_dir=data_dir, limit=limit)
-    return nnunet_plan.plan_dataset(pairs, **plan_kwargs)
+
+def make_plan(dataset: str, **kwargs):
+    """Deprecated: :func:`ife_jax.nnunet.image_plans.make_plan`."""
+    from ife_jax.nnunet.image_plans import make_plan as plan
+
+    _moved("make_plan")
+    return plan(dataset, **kwargs)
 
 
 def check_sizes(plan, config: TrainConfig) -> None:
@@ -67,7 +59,7 @@ def plan_for_run(
     """
     if config.model != "nnunet":
         return None
-    from ife_jax.nn.nnunet_plan import NNUNetPlan
+    from ife_jax.nnunet.image_plans import NNUNetPlan, make_plan
 
     path = Path(workdir) / PLAN_FILE
     if reuse and path.exists():

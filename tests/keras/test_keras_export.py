@@ -14,7 +14,8 @@ import pytest
 
 from ife_jax.keras import FlaxModule, from_flax
 from ife_jax.keras.export import module_from_config, module_to_config
-from ife_jax.nn import DeepLabV3Plus, NNUNet, NNUNetPlan, SINetV2, UNet
+from ife_jax.nn import DeepLabV3Plus, NNUNet, SINetV2, UNet
+from ife_jax.nnunet.image_plans import NNUNetPlan
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX backend only")
 

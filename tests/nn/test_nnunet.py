@@ -12,15 +12,19 @@ import pytest
 from PIL import Image
 
 from ife_jax.losses import structure_loss
-from ife_jax.nn import NNUNet, NNUNetPlan, compute_fingerprint, format_plan, plan_dataset
+from ife_jax.nn import NNUNet
 from ife_jax.nn.nnunet import deep_supervision_weights
-from ife_jax.nn.nnunet_plan import (
+from ife_jax.nnunet.image_plans import (
     REFERENCE_ACTIVATIONS,
     ChannelIntensity,
     Fingerprint,
+    NNUNetPlan,
     activation_count,
+    compute_fingerprint,
     folder_pairs,
+    format_plan,
     normalize_image,
+    plan_dataset,
     plan_from_fingerprint,
 )
 
@@ -323,3 +327,24 @@ def test_plan_file_with_a_wrongly_typed_field_names_file_and_field(tmp_path, edi
     path.write_text("{not json")
     with pytest.raises(ValueError, match=re.escape(str(path)) + ": cannot read the plan"):
         NNUNetPlan.load(path)
+
+
+def test_old_planner_paths_warn_and_forward(tmp_path):
+    import importlib
+    import sys
+
+    import ife_jax.nn
+    from ife_jax.nnunet import image_plans
+    from ife_jax.train import plan as train_plan
+
+    sys.modules.pop("ife_jax.nn.nnunet_plan", None)
+    with pytest.deprecated_call(match="ife_jax.nnunet.image_plans"):
+        old = importlib.import_module("ife_jax.nn.nnunet_plan")
+    assert old.NNUNetPlan is image_plans.NNUNetPlan
+    with pytest.deprecated_call(match="ife_jax.nnunet.image_plans"):
+        assert ife_jax.nn.format_plan is image_plans.format_plan
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ife_jax.nn.no_such_name  # noqa: B018
+    with pytest.deprecated_call(match="image_plans.make_plan"):
+        with pytest.raises(ValueError, match="no"):  # an empty folder: no image pairs
+            train_plan.make_plan(str(tmp_path), split="train")

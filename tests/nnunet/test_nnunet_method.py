@@ -80,6 +80,20 @@ def test_plan_isotropic_small_dataset():
     assert c2.patch_size == (48, 56) and c2.batch_dice
 
 
+def test_2d_batch_cap_counts_whole_volumes():
+    # 10 cases of (100, 64, 64) at 1 mm: the 2d patch is (64, 64). Memory alone allows far more
+    # than 50 slices; the 5 % cap counts the volumes' voxels, as nnU-Net v2 does:
+    # 100 * 64 * 64 * 10 * 0.05 / (64 * 64) = 50 (one slice per case would give 0.5 -> 2).
+    fp = fingerprint([(1.0, 1.0, 1.0)] * 10, [(100, 64, 64)] * 10)
+    c2 = plans.plan_experiment(fp, dataset_name="D", foreground=(1,)).configuration("2d")
+    assert c2.patch_size == (64, 64)
+    memory_batch = plans.REFERENCE_VALUE[2] / plans.feature_map_size(
+        c2.patch_size, c2.features, c2.strides, num_classes=2
+    ) * plans.REFERENCE_BATCH[2]
+    assert memory_batch > 50
+    assert c2.batch_size == 50
+
+
 def test_plans_json_round_trip_and_bad_field(tmp_path):
     fp = fingerprint([(1.0, 1.0, 1.0)] * 2, [(16, 16, 16)] * 2)
     p = plans.plan_experiment(fp, dataset_name="D", foreground=(1,))

@@ -65,7 +65,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys, train_env):
     plan_file = tmp_path / "plan.json"
     assert main(["plan", "synthetic/tiny", "--data-dir", data, "--output", str(plan_file)]) == 0
     assert "nnU-Net 2-D plan" in capsys.readouterr().out
-    from ife_jax.nn.nnunet_plan import NNUNetPlan
+    from ife_jax.nnunet.image_plans import NNUNetPlan
 
     plan = NNUNetPlan.load(plan_file)
     assert plan.in_channels == 3 and plan.num_images == 16  # the 16 RGB training images
