@@ -1,4 +1,11 @@
-"""Tiny nnU-Net trainings (2-D and 3-D) lower the loss, and predict writes the input affine."""
+"""Tiny nnU-Net trainings: 3-D lowers the loss in-process; 2-D with IFE, in its own process,
+lowers the loss and resumes bit-exactly after SIGKILL."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,6 +13,9 @@ import pytest
 from ife_jax.nnunet import plans, preprocessing, training
 
 nib = pytest.importorskip("nibabel")
+
+HERE = Path(__file__).parent
+LIMIT = 300  # seconds a training subprocess may take before the test fails
 
 
 def _config(dims):
@@ -17,9 +27,9 @@ def _config(dims):
         median_shape=patch,
         patch_size=patch,
         batch_size=2,
-        features=(4, 8, 8),
-        strides=(ones, twos, twos),
-        kernel_sizes=((3,) * dims,) * 3,
+        features=(4, 8),
+        strides=(ones, twos),
+        kernel_sizes=((3,) * dims,) * 2,
         ife_levels=(0,),
         ife_ratios=(0.5,),
     )
@@ -45,29 +55,58 @@ def _cases(folder):
     return ["c0", "c1"]
 
 
-@pytest.mark.parametrize("dims,ife", [(2, "entropy"), (3, None)])
-def test_tiny_training_lowers_the_loss_and_resumes(tmp_path, dims, ife):
+def test_tiny_3d_training_lowers_the_loss_and_a_finished_run_resumes_to_nothing(tmp_path):
     names = _cases(tmp_path / "pp")
-    config = _config(dims)
+    config = _config(3)
     schedule = training.Schedule(epochs=3, iterations=2, learning_rate=0.01)
-    losses = training.train(
+    kw = dict(
         preprocessed=tmp_path / "pp",
         output=tmp_path / "out",
         config=config,
         case_names=names,
         schedule=schedule,
-        ife=ife,
         log=lambda *_: None,
     )
+    losses = training.train(**kw)
     assert len(losses) == 3 and losses[-1] < losses[0]
-    # A finished run resumes at its last epoch: nothing more to train.
-    again = training.train(
-        preprocessed=tmp_path / "pp",
-        output=tmp_path / "out",
-        config=config,
-        case_names=names,
-        schedule=schedule,
-        ife=ife,
-        log=lambda *_: None,
+    assert training.train(**kw) == []
+
+
+def _run(env, pp, out, dump, *extra):
+    cmd = [sys.executable, str(HERE / "nnunet_tinyrun.py"), str(pp), str(out), "--dump", str(dump)]
+    proc = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, timeout=LIMIT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_tiny_2d_training_with_ife_resumes_bit_exactly_after_sigkill(tmp_path, train_env):
+    env = train_env()
+    pp = tmp_path / "pp"
+    _cases(pp)
+    _run(env, pp, tmp_path / "ref", tmp_path / "ref.npz")
+    ref = dict(np.load(tmp_path / "ref.npz"))
+    assert len(ref["losses"]) == 3 and ref["losses"][-1] < ref["losses"][0]
+
+    # Killed after epoch 1 ran, before it was checkpointed: resumes from the epoch-0 checkpoint.
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(HERE / "nnunet_tinyrun.py"), str(pp), str(killed)]
+    proc = subprocess.Popen(
+        [*cmd, "--dump", str(tmp_path / "unused.npz"), "--hang-at", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    assert again == []
+    deadline = time.time() + LIMIT
+    while not (killed / "hanging").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = _run(env, pp, killed, tmp_path / "killed.npz")
+    assert "resumed at epoch 1" in out
+    got = dict(np.load(tmp_path / "killed.npz"))
+    np.testing.assert_array_equal(got["losses"], ref["losses"][1:])
+    assert sorted(got) == sorted(ref)
+    for k in ref:
+        if k != "losses":
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
