@@ -322,8 +322,9 @@ def _nnunet(args) -> int:
         rows = run.evaluate(args.predictions, args.references)
         for r in rows:
             print(
-                f"{r['case']}: Dice {r['dice']:.4f}  IoU {r['iou']:.4f}  volume "
-                f"{r['volume_pred']:.4g} (reference {r['volume_ref']:.4g})"
+                f"{r['case']}: Dice {r['dice']:.4f}  IoU {r['iou']:.4f}  HD95 {r['hd95']:.4g}  "
+                f"ASSD {r['assd']:.4g}  volume {r['volume_pred']:.4g} "
+                f"(reference {r['volume_ref']:.4g})"
             )
         if rows:
             print(f"mean Dice {sum(r['dice'] for r in rows) / len(rows):.4f} over {len(rows)}")
@@ -370,7 +371,9 @@ def _add_nnunet(add) -> None:
     q.add_argument("--ife", choices=("curvature", "entropy"))
     q.add_argument("--disable-tta", action="store_true", help="no mirroring")
     q.add_argument("--step-size", type=float, default=0.5)
-    q = sub.add_parser("evaluate", parents=[folders], help="Dice, IoU and volumes per case")
+    q = sub.add_parser(
+        "evaluate", parents=[folders], help="Dice, IoU, HD95, ASSD and volumes per case"
+    )
     q.add_argument("predictions")
     q.add_argument("references")
     p.set_defaults(func=_nnunet)

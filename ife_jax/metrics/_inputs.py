@@ -18,16 +18,17 @@ EMPTY_CASES = ("none", "both", "pred", "gt")
 PROB_TOLERANCE = 64 * float(np.finfo(np.float32).eps)
 
 
-def _check_map(a: np.ndarray, name: str) -> None:
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (H, W) array, got shape {a.shape}.")
+def _check_map(a: np.ndarray, name: str, ndims: tuple[int, ...] = (2,)) -> None:
+    if a.ndim not in ndims:
+        want = "a 2-D (H, W)" if ndims == (2,) else "a 2-D (H, W) or 3-D (D, H, W)"
+        raise ValueError(f"{name} must be {want} array, got shape {a.shape}.")
     if a.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {a.shape}.")
     if a.dtype != np.bool_ and not np.issubdtype(a.dtype, np.number):
         raise ValueError(f"{name} must be numeric or boolean, got dtype {a.dtype}.")
 
 
-def as_unit(x, *, name: str = "pred") -> tuple[np.ndarray, bool]:
+def as_unit(x, *, name: str = "pred", ndims: tuple[int, ...] = (2,)) -> tuple[np.ndarray, bool]:
     """A (H, W) prediction as float values in [0, 1], and whether it was on the 0-255 scale.
 
     The rule, by dtype:
@@ -43,7 +44,7 @@ def as_unit(x, *, name: str = "pred") -> tuple[np.ndarray, bool]:
         (the message gives the range found).
     """
     a = np.asarray(x)
-    _check_map(a, name)
+    _check_map(a, name, ndims)
     if a.dtype == np.bool_:
         return a.astype(np.float64), False
     lo, hi = a.min(), a.max()
@@ -57,20 +58,20 @@ def as_unit(x, *, name: str = "pred") -> tuple[np.ndarray, bool]:
     return np.clip(a.astype(np.float64), 0.0, 1.0), False
 
 
-def binarize(x, *, name: str = "pred") -> np.ndarray:
+def binarize(x, *, name: str = "pred", ndims: tuple[int, ...] = (2,)) -> np.ndarray:
     """Foreground of a (H, W) prediction: ``> 0.5`` on [0, 1], ``> 128`` on 0-255 (the DIS rule).
 
     The scale is decided by :func:`as_unit`. Booleans are returned unchanged (as a bool array).
     """
     a = np.asarray(x)
     if a.dtype == np.bool_:
-        _check_map(a, name)
+        _check_map(a, name, ndims)
         return a
-    u, was255 = as_unit(a, name=name)
+    u, was255 = as_unit(a, name=name, ndims=ndims)
     return u > (128.0 / 255.0 if was255 else 0.5)
 
 
-def as_target(x, *, name: str = "gt") -> np.ndarray:
+def as_target(x, *, name: str = "gt", ndims: tuple[int, ...] = (2,)) -> np.ndarray:
     """A (H, W) ground truth as a bool mask; it must be binary.
 
     Accepted: bool, or numbers whose values are all in {0, 1} or all in {0, 255} (any dtype);
@@ -81,7 +82,7 @@ def as_target(x, *, name: str = "gt") -> np.ndarray:
       ValueError: ``x`` is not 2-D, is empty, or is not binary (the message lists its values).
     """
     a = np.asarray(x)
-    _check_map(a, name)
+    _check_map(a, name, ndims)
     if a.dtype == np.bool_:
         return a
     zero = a == 0
@@ -103,25 +104,27 @@ def check_same_shape(pred: np.ndarray, gt: np.ndarray) -> None:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} must have the same shape.")
 
 
-def normalize_spacing(spacing) -> tuple[float, float]:
-    """``spacing`` (a number or a (row, column) pair) as two positive floats."""
+def normalize_spacing(spacing, ndim: int = 2) -> tuple[float, ...]:
+    """``spacing`` (a number or one value per axis) as ``ndim`` positive floats."""
     s = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
     if s.shape == (1,):
-        s = np.repeat(s, 2)
-    if s.shape != (2,):
-        raise ValueError(f"spacing must be a number or a (row, col) pair, got {spacing!r}.")
+        s = np.repeat(s, ndim)
+    if s.shape != (ndim,):
+        what = "a (row, col) pair" if ndim == 2 else f"{ndim} values (one per axis)"
+        raise ValueError(f"spacing must be a number or {what}, got {spacing!r}.")
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise ValueError(f"spacing must be positive and finite, got {spacing!r}.")
-    return float(s[0]), float(s[1])
+    return tuple(float(v) for v in s)
 
 
-def image_diagonal(shape: tuple[int, int], spacing: tuple[float, float]) -> float:
-    """Diagonal of the image extent, ``sqrt((H*sy)^2 + (W*sx)^2)``, in spacing units.
+def image_diagonal(shape: tuple[int, ...], spacing: tuple[float, ...]) -> float:
+    """Diagonal of the image extent, ``sqrt((H*sy)^2 + (W*sx)^2)`` (and ``D*sz`` in 3-D), in
+    spacing units.
 
     It exceeds every distance between two pixels of the image: the stand-in for a distance
     when exactly one mask is empty.
     """
-    return math.hypot(shape[0] * spacing[0], shape[1] * spacing[1])
+    return math.hypot(*(n * s for n, s in zip(shape, spacing, strict=True)))
 
 
 def empty_case(pred_bin: np.ndarray, gt_bin: np.ndarray) -> str:
@@ -134,14 +137,14 @@ def empty_case(pred_bin: np.ndarray, gt_bin: np.ndarray) -> str:
     return "pred" if not p else "gt"
 
 
-def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
-    """Bounding box of the True pixels grown by ``margin`` and clipped to the image."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return (
-        slice(max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, h)),
-        slice(max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w)),
-    )
+def bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """Bounding box of the True pixels (any rank) grown by ``margin`` and clipped to the
+    image."""
+    out = []
+    for axis, n in enumerate(mask.shape):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=others))
+        if idx.size == 0:
+            return None
+        out.append(slice(max(idx[0] - margin, 0), min(idx[-1] + 1 + margin, n)))
+    return tuple(out)

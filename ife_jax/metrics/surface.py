@@ -1,18 +1,22 @@
 """Boundary-distance metrics: Hausdorff, HD95, ASSD and the directed ASD.
 
+Masks are images (H, W) or volumes (D, H, W), ``spacing`` one value per axis (or one number).
 The boundary (surface) of a mask is its set of foreground pixels with at least one
-4-neighbour in the background, pixels outside the image counting as background (so an object
-touching the image border has a boundary there). The distance from a boundary pixel of one mask
-to the other mask is the Euclidean distance, in ``spacing`` units, to the nearest boundary pixel
-of the other mask, read from a Euclidean distance transform of that boundary.
+4-neighbour (6-neighbour in 3-D) in the background, pixels outside the image counting as
+background (so an object touching the image border has a boundary there). The distance from a
+boundary pixel of one mask to the other mask is the Euclidean distance, in ``spacing`` units,
+to the nearest boundary pixel of the other mask, read from a Euclidean distance transform of
+that boundary.
 
 Both masks are cropped to the bounding box of their union plus one pixel first; the distances
 are unchanged by the crop and the work shrinks with the object. With isotropic spacing the
-distance transform is OpenCV's exact Euclidean one (float32, relative error ~1e-7); with
-anisotropic spacing it is :func:`scipy.ndimage.distance_transform_edt` with ``sampling``.
+distance transform of a 2-D mask is OpenCV's exact Euclidean one (float32, relative error
+~1e-7); otherwise (anisotropic spacing, volumes) it is
+:func:`scipy.ndimage.distance_transform_edt` with ``sampling``.
 
 Empty masks: both empty -> 0; exactly one empty -> the image diagonal
-``sqrt((H*sy)^2 + (W*sx)^2)``, larger than any distance inside the image. Never NaN.
+``sqrt((H*sy)^2 + (W*sx)^2)`` (plus ``(D*sz)^2`` in 3-D), larger than any distance inside the
+image. Never NaN.
 """
 
 from __future__ import annotations
@@ -31,36 +35,40 @@ from ife_jax.metrics._inputs import (
 )
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+_CROSS_3D = ndimage.generate_binary_structure(3, 1)
+NDIMS = (2, 3)
 
 
 def boundary(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels of a boolean (H, W) mask: foreground with a 4-neighbour in background.
+    """Boundary pixels of a boolean (H, W) or (D, H, W) mask: foreground with a 4-neighbour
+    (6-neighbour) in background.
 
     Pixels beyond the image edge count as background.
     """
+    if mask.ndim == 3:
+        return mask & ~ndimage.binary_erosion(mask, structure=_CROSS_3D, border_value=0)
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     eroded = cv2.erode(m, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
     return mask & (eroded == 0)
 
 
-def _distance_to(target: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
-    """Distance of every pixel to the nearest True pixel of ``target`` (float64, (H, W))."""
-    sy, sx = spacing
-    if sy == sx:
+def _distance_to(target: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Distance of every pixel to the nearest True pixel of ``target`` (float64, its shape)."""
+    if target.ndim == 2 and spacing[0] == spacing[1]:
         inv = np.ascontiguousarray(~target, dtype=np.uint8)
         d = cv2.distanceTransform(inv, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        return d.astype(np.float64) * sy
-    return ndimage.distance_transform_edt(~target, sampling=(sy, sx))
+        return d.astype(np.float64) * spacing[0]
+    return ndimage.distance_transform_edt(~target, sampling=spacing)
 
 
 def directed_distances(
-    pred_bin: np.ndarray, gt_bin: np.ndarray, spacing: tuple[float, float]
+    pred_bin: np.ndarray, gt_bin: np.ndarray, spacing: tuple[float, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boundary distances of two non-empty boolean masks, pred -> gt and gt -> pred.
 
     Args:
-      pred_bin, gt_bin: (H, W) bool, both with at least one True pixel.
-      spacing: (row, col) pixel size.
+      pred_bin, gt_bin: (H, W) or (D, H, W) bool, both with at least one True pixel.
+      spacing: the pixel (voxel) size per axis.
 
     Returns:
       ``(d_pg, d_gp)``: float64 1-D arrays, the distance from each boundary pixel of the
@@ -75,10 +83,10 @@ def directed_distances(
 
 
 def _prepare(pred, gt, spacing):
-    p = binarize(pred, name="pred")
-    g = as_target(gt)
+    p = binarize(pred, name="pred", ndims=NDIMS)
+    g = as_target(gt, ndims=NDIMS)
     check_same_shape(p, g)
-    sp = normalize_spacing(spacing)
+    sp = normalize_spacing(spacing, p.ndim)
     has_p, has_g = bool(p.any()), bool(g.any())
     if not has_p and not has_g:
         return None, 0.0
@@ -107,9 +115,10 @@ def hausdorff(pred, gt, *, spacing=1.0) -> float:
     """Symmetric Hausdorff distance ``max(max_p d(p, ∂G), max_g d(g, ∂P))`` between boundaries.
 
     Args:
-      pred: (H, W) prediction (probabilities, binary or 0-255; binarised > 0.5 / > 128).
-      gt: (H, W) ground truth (binary or 0/255).
-      spacing: pixel size, a number or (row, col) pair.
+      pred: (H, W) or (D, H, W) prediction (probabilities, binary or 0-255; binarised
+        > 0.5 / > 128).
+      gt: ground truth of the same shape (binary or 0/255).
+      spacing: pixel (voxel) size, a number or one value per axis (``(sz, sy, sx)`` in 3-D).
 
     Returns:
       Distance in spacing units; 0 if both masks are empty, the image diagonal if one is.

@@ -191,9 +191,17 @@ def _predict(apply, data, config, *, mirror, step):
 
 
 def evaluate(predictions: str | Path, references: str | Path) -> list[dict]:
-    """Dice, IoU and the predicted / reference volumes (mL, from the voxel spacing; pixels for
-    PNG) of every prediction against the label of the same name."""
+    """Dice, IoU, HD95 and ASSD (mm, from the reference's voxel spacing; pixels for PNG) and
+    the predicted / reference volumes (mL; pixels for PNG) of every prediction against the
+    label of the same name.
+
+    HD95 is the larger of the two directed 95th percentiles of boundary distances and ASSD the
+    mean over both boundaries (:mod:`ife_jax.metrics.surface`), in 3-D with 6-neighbour
+    boundaries, or in 2-D for one-slice cases (PNG); an empty prediction or reference gives the
+    image diagonal, both empty 0.
+    """
     from ife_jax.metrics.overlap import dice_from_counts, jaccard_from_counts
+    from ife_jax.metrics.surface import assd, hausdorff95
 
     rows = []
     for pred in sorted(Path(predictions).iterdir()):
@@ -203,17 +211,21 @@ def evaluate(predictions: str | Path, references: str | Path) -> list[dict]:
         if not ref.exists():
             raise ValueError(f"{ref}: no reference label for {pred}.")
         p, spacing, _ = rawdata.read_image_file(pred, mask=True)
-        g, _, _ = rawdata.read_image_file(ref, mask=True)
+        g, spacing, _ = rawdata.read_image_file(ref, mask=True)
         if p.shape != g.shape:
             raise ValueError(f"{pred}: shape {p.shape} differs from {ref}'s {g.shape}.")
         p, g = p > 0, g > 0
         tp, n_p, n_g = (int(np.count_nonzero(v)) for v in (p & g, p, g))
-        unit = 1.0 if pred.suffix == ".png" else float(np.prod(spacing)) / 1000.0
+        png = pred.suffix == ".png"
+        unit = 1.0 if png else float(np.prod(spacing)) / 1000.0
+        sp, pm, gm = (spacing[1:], p[0], g[0]) if p.shape[0] == 1 else (spacing, p, g)
         rows.append(
             {
                 "case": pred.name,
                 "dice": dice_from_counts(tp, n_p, n_g),
                 "iou": jaccard_from_counts(tp, n_p, n_g),
+                "hd95": hausdorff95(pm, gm, spacing=sp),
+                "assd": assd(pm, gm, spacing=sp),
                 "volume_pred": n_p * unit,
                 "volume_ref": n_g * unit,
             }

@@ -132,3 +132,74 @@ def test_bad_spacing_and_percentile():
         hausdorff(g, g, spacing=(1.0, 2.0, 3.0))
     with pytest.raises(ValueError, match="percentile"):
         hausdorff95(g, g, percentile=101)
+
+
+# ----------------------------------------------------------------------------- volumes
+
+
+def slow_boundary_3d(m):
+    """Foreground voxels with a 6-neighbour in the background or outside the volume."""
+    out = np.zeros_like(m)
+    steps = [
+        s
+        for a in range(3)
+        for s in (tuple(np.eye(3, dtype=int)[a]), tuple(-np.eye(3, dtype=int)[a]))
+    ]
+    for idx in zip(*np.nonzero(m), strict=True):
+        for step in steps:
+            n = tuple(i + d for i, d in zip(idx, step, strict=True))
+            if not all(0 <= v < s for v, s in zip(n, m.shape, strict=True)) or not m[n]:
+                out[idx] = True
+    return out
+
+
+def oracle_3d(p, g, spacing):
+    s = np.asarray(spacing, float)
+    bp = np.argwhere(slow_boundary_3d(p)) * s
+    bg = np.argwhere(slow_boundary_3d(g)) * s
+    d = np.sqrt(((bp[:, None, :] - bg[None, :, :]) ** 2).sum(-1))
+    return d.min(axis=1), d.min(axis=0)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 0.8, 0.8), (0.5, 2.0, 1.3)])
+def test_brute_force_oracle_on_random_volumes(spacing):
+    rng = np.random.default_rng(int(10 * spacing[0] + spacing[2]))
+    for _ in range(6):
+        shape = tuple(int(n) for n in rng.integers(2, 9, size=3))
+        p = rng.random(shape) < rng.uniform(0.05, 0.6)
+        g = rng.random(shape) < rng.uniform(0.05, 0.6)
+        p[tuple(rng.integers(n) for n in shape)] = True
+        g[tuple(rng.integers(n) for n in shape)] = True
+        np.testing.assert_array_equal(boundary(p), slow_boundary_3d(p))
+        d_pg, d_gp = oracle_3d(p, g, spacing)
+        tol = {"rel": 1e-9, "abs": 1e-9}  # both sides float64 sums of three squares
+        assert hausdorff(p, g, spacing=spacing) == pytest.approx(max(d_pg.max(), d_gp.max()), **tol)
+        assert asd(p, g, spacing=spacing) == pytest.approx(d_pg.mean(), **tol)
+        pooled = np.concatenate([d_pg, d_gp])
+        assert assd(p, g, spacing=spacing) == pytest.approx(pooled.mean(), **tol)
+        assert hausdorff95(p, g, spacing=spacing) == pytest.approx(
+            max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)), **tol
+        )
+
+
+def test_volume_shifted_along_the_slice_axis_by_hand():
+    g = np.zeros((12, 10, 10), bool)
+    g[2:6, 3:7, 3:7] = True
+    p = np.roll(g, 2, axis=0)  # two slices further
+    # every boundary voxel has a partner 2 slices away at most; the caps are exactly 2 away.
+    assert hausdorff(p, g, spacing=(5.0, 0.8, 0.8)) == pytest.approx(10.0)
+    assert hausdorff(p, g, spacing=(0.5, 0.8, 0.8)) == pytest.approx(1.0)
+
+
+def test_volume_empty_masks_and_bad_spacing():
+    full = np.zeros((4, 5, 6), bool)
+    full[1:3, 1:4, 2:5] = True
+    empty = np.zeros_like(full)
+    diag = math.sqrt((4 * 3.0) ** 2 + (5 * 0.5) ** 2 + (6 * 0.5) ** 2)
+    for fn in (hausdorff, hausdorff95, assd, asd):
+        assert fn(empty, empty, spacing=(3.0, 0.5, 0.5)) == 0.0
+        assert fn(empty, full, spacing=(3.0, 0.5, 0.5)) == pytest.approx(diag)
+    with pytest.raises(ValueError, match="3 values"):
+        hausdorff(full, full, spacing=(1.0, 2.0))
+    with pytest.raises(ValueError, match="2-D .* or 3-D"):
+        hausdorff(full[None], full[None])

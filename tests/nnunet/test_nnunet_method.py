@@ -144,6 +144,29 @@ def test_reader_keeps_spacing_affine_and_foreground(tmp_path):
         rawdata.foreground_values(ds, "liver")
 
 
+def test_evaluate_surface_distances_use_the_voxel_spacing(tmp_path):
+    from ife_jax.metrics.surface import assd, hausdorff95
+    from ife_jax.nnunet import run
+
+    # (Z, Y, X) volumes: a 4-voxel cube and its copy two slices further; 5 mm slices.
+    g = np.zeros((12, 10, 10), np.uint8)
+    g[2:6, 3:7, 3:7] = 1
+    p = np.roll(g, 2, axis=0)
+    for folder, arr in (("pred", p), ("ref", g)):
+        (tmp_path / folder).mkdir()
+        img = nib.Nifti1Image(arr.transpose(2, 1, 0), np.diag([0.8, 0.8, 5.0, 1.0]))
+        nib.save(img, str(tmp_path / folder / "c.nii.gz"))
+    (row,) = run.evaluate(tmp_path / "pred", tmp_path / "ref")
+    spacing = tuple(float(np.float32(v)) for v in (5.0, 0.8, 0.8))  # NIfTI keeps float32
+    assert row["dice"] == pytest.approx(0.5)  # half of each cube overlaps
+    assert row["volume_ref"] == pytest.approx(64 * 0.8 * 0.8 * 5.0 / 1000)
+    assert row["hd95"] == hausdorff95(p, g, spacing=spacing)
+    assert row["assd"] == assd(p, g, spacing=spacing)
+    # The slice spacing is what sets the distance: two slices of 5 mm.
+    assert row["hd95"] == pytest.approx(10.0)
+    assert row["hd95"] != hausdorff95(p, g, spacing=(0.8, 0.8, 5.0))
+
+
 def test_bad_files_named_in_one_error(tmp_path):
     root, img, lab, aff = _dataset(tmp_path)
     _write_case(root, "b", img, lab[:-1], aff)  # label shape mismatch
