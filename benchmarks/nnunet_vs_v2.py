@@ -61,9 +61,7 @@ np.savez(out / "case.npz", data=data.astype(np.float32), seg=seg.astype(np.int8)
 
 def run_v2(dataset: Path, python: str, work: Path):
     """nnU-Net v2's plans and preprocessed first case, or the reason there are none."""
-    probe = subprocess.run(
-        [python, "-c", "import nnunetv2, torch"], capture_output=True, text=True
-    )
+    probe = subprocess.run([python, "-c", "import nnunetv2, torch"], capture_output=True, text=True)
     if probe.returncode:
         return None, f"nnunetv2/torch do not import in {python}"
     raw, pre, out = work / "raw", work / "preprocessed", work / "v2"

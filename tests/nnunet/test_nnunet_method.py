@@ -87,9 +87,11 @@ def test_2d_batch_cap_counts_whole_volumes():
     fp = fingerprint([(1.0, 1.0, 1.0)] * 10, [(100, 64, 64)] * 10)
     c2 = plans.plan_experiment(fp, dataset_name="D", foreground=(1,)).configuration("2d")
     assert c2.patch_size == (64, 64)
-    memory_batch = plans.REFERENCE_VALUE[2] / plans.feature_map_size(
-        c2.patch_size, c2.features, c2.strides, num_classes=2
-    ) * plans.REFERENCE_BATCH[2]
+    memory_batch = (
+        plans.REFERENCE_VALUE[2]
+        / plans.feature_map_size(c2.patch_size, c2.features, c2.strides, num_classes=2)
+        * plans.REFERENCE_BATCH[2]
+    )
     assert memory_batch > 50
     assert c2.batch_size == 50
 
