@@ -1,6 +1,6 @@
-"""A tiny 2-D nnU-Net training in its own process (for the resume-after-SIGKILL test).
+"""A tiny nnU-Net training in its own process (2-D with IFE entropy, or 3-D without IFE).
 
-    python nnunet_tinyrun.py PREPROCESSED OUTPUT --dump PARAMS.npz [--hang-at EPOCH]
+    python nnunet_tinyrun.py PREPROCESSED OUTPUT --dump PARAMS.npz [--hang-at EPOCH] [--dims 3]
 
 ``--hang-at E`` writes ``OUTPUT/hanging`` and sleeps once epoch ``E`` has run but before it is
 checkpointed, so the test can kill the process there.
@@ -15,18 +15,22 @@ import numpy as np
 
 from ife_jax.nnunet import plans, training
 
-CONFIG = plans.ConfigurationPlan(
-    configuration="2d",
-    spacing=(1.0, 1.0),
-    median_shape=(8, 8),
-    patch_size=(8, 8),
-    batch_size=2,
-    features=(4, 8),
-    strides=((1, 1), (2, 2)),
-    kernel_sizes=((3, 3), (3, 3)),
-    ife_levels=(0,),
-    ife_ratios=(0.5,),
-)
+CONFIGS = {
+    dims: plans.ConfigurationPlan(
+        configuration="2d" if dims == 2 else "3d_fullres",
+        spacing=(1.0,) * dims,
+        median_shape=patch,
+        patch_size=patch,
+        batch_size=2,
+        features=(4, 8),
+        strides=((1,) * dims, (2,) * dims),
+        kernel_sizes=((3,) * dims,) * 2,
+        ife_levels=(0,),
+        ife_ratios=(0.5,),
+    )
+    for dims, patch in ((2, (8, 8)), (3, (4, 8, 8)))
+}
+IFE = {2: "entropy", 3: None}
 SCHEDULE = training.Schedule(epochs=3, iterations=2, learning_rate=0.01)
 
 
@@ -36,7 +40,9 @@ def main():
     p.add_argument("output", type=Path)
     p.add_argument("--dump", type=Path, required=True)
     p.add_argument("--hang-at", type=int, default=None)
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2)
     args = p.parse_args()
+    config, ife = CONFIGS[args.dims], IFE[args.dims]
 
     def log(line):
         print(line, flush=True)
@@ -48,13 +54,13 @@ def main():
     losses = training.train(
         preprocessed=args.preprocessed,
         output=args.output,
-        config=CONFIG,
+        config=config,
         case_names=names,
         schedule=SCHEDULE,
-        ife="entropy",
+        ife=ife,
         log=log,
     )
-    params = training.load_params(args.output, training.make_model(CONFIG, "entropy"), CONFIG)
+    params = training.load_params(args.output, training.make_model(config, ife), config)
     flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree.leaves_with_path(params)}
     np.savez(args.dump, losses=np.asarray(losses), **flat)
 

@@ -1,5 +1,6 @@
-"""Tiny nnU-Net trainings: 3-D lowers the loss in-process; 2-D with IFE, in its own process,
-lowers the loss and resumes bit-exactly after SIGKILL."""
+"""Tiny nnU-Net trainings, each in its own process (nnunet_tinyrun.py): 3-D lowers the loss and
+a finished run resumes to nothing; 2-D with IFE lowers the loss and resumes bit-exactly after
+SIGKILL."""
 
 import signal
 import subprocess
@@ -10,29 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ife_jax.nnunet import plans, preprocessing, training
+from ife_jax.nnunet import preprocessing
 
 nib = pytest.importorskip("nibabel")
 
 HERE = Path(__file__).parent
 LIMIT = 300  # seconds a training subprocess may take before the test fails
-
-
-def _config(dims):
-    patch = (16, 16) if dims == 2 else (8, 16, 16)
-    ones, twos = (1,) * dims, (2,) * dims
-    return plans.ConfigurationPlan(
-        configuration="2d" if dims == 2 else "3d_fullres",
-        spacing=(1.0,) * dims,
-        median_shape=patch,
-        patch_size=patch,
-        batch_size=2,
-        features=(4, 8),
-        strides=(ones, twos),
-        kernel_sizes=((3,) * dims,) * 2,
-        ife_levels=(0,),
-        ife_ratios=(0.5,),
-    )
 
 
 def _cases(folder):
@@ -55,21 +39,17 @@ def _cases(folder):
     return ["c0", "c1"]
 
 
-def test_tiny_3d_training_lowers_the_loss_and_a_finished_run_resumes_to_nothing(tmp_path):
-    names = _cases(tmp_path / "pp")
-    config = _config(3)
-    schedule = training.Schedule(epochs=3, iterations=2, learning_rate=0.01)
-    kw = dict(
-        preprocessed=tmp_path / "pp",
-        output=tmp_path / "out",
-        config=config,
-        case_names=names,
-        schedule=schedule,
-        log=lambda *_: None,
-    )
-    losses = training.train(**kw)
+def test_tiny_3d_training_lowers_the_loss_and_a_finished_run_resumes_to_nothing(
+    tmp_path, train_env
+):
+    env = train_env()
+    pp = tmp_path / "pp"
+    _cases(pp)
+    for dump in ("first.npz", "again.npz"):
+        out = _run(env, pp, tmp_path / "out", tmp_path / dump, "--dims", "3")
+    losses = np.load(tmp_path / "first.npz")["losses"]
     assert len(losses) == 3 and losses[-1] < losses[0]
-    assert training.train(**kw) == []
+    assert "resumed at epoch 3" in out and len(np.load(tmp_path / "again.npz")["losses"]) == 0
 
 
 def _run(env, pp, out, dump, *extra):
