@@ -20,8 +20,6 @@ stage has no head here (nnU-Net computes and discards it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,9 +27,7 @@ import jax.numpy as jnp
 from ife_jax.nn.conv import Conv, ConvTranspose
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import Dtype
-
-if TYPE_CHECKING:  # the network only reads the plan's fields
-    from ife_jax.nnunet.image_plans import NNUNetPlan
+from ife_jax.nnunet.image_plans import NNUNetPlan  # the field's type (model files rebuild it)
 
 #: He-normal initialisation for leaky ReLU (slope 0.01), as nnU-Net initialises convolutions.
 he_init = nn.initializers.variance_scaling(2.0 / (1.0 + 0.01**2), "fan_in", "normal")
