@@ -29,7 +29,7 @@ import numpy as np
 from ife_jax.train import sharding as sharding_lib
 from ife_jax.train.checkpointing import Checkpointer
 from ife_jax.train.config import TrainConfig
-from ife_jax.train.inference import dice, predict_images
+from ife_jax.train.inference import dice, iter_predictions
 from ife_jax.train.models import build_model
 from ife_jax.train.plan import plan_for_run
 from ife_jax.train.pretrained import load_backbone, record_pretrained_backbone, with_backbone
@@ -149,11 +149,12 @@ def default_inputs(config: TrainConfig):
 
 
 def _validate(eval_step, variables, examples, config, mesh) -> float:
-    """Mean Dice of the thresholded predictions over the validation examples."""
-    probs = predict_images(
+    """Mean Dice of the thresholded predictions over the validation examples, streamed: one
+    batch of images and maps is held at a time."""
+    probs = iter_predictions(
         eval_step,
         variables,
-        [ex.image for ex in examples],
+        (ex.image for ex in examples),
         size=config.eval_size,
         batch_size=config.batch_size,
         mesh=mesh,
