@@ -71,9 +71,10 @@ def plot_channel_selection(features, scores, *, ratio: float = 0.5, n_show: int 
       title: figure title.
 
     Returns:
-      A matplotlib Figure.
+      A :class:`matplotlib.figure.Figure` (not registered with pyplot; a notebook shows it
+      when it is a cell's value or passed to ``display``).
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     features, scores = np.asarray(features, np.float32), np.asarray(scores, np.float64)
     if features.ndim != 3 or scores.shape != (features.shape[-1],):
@@ -85,7 +86,8 @@ def plot_channel_selection(features, scores, *, ratio: float = 0.5, n_show: int 
     rank = np.argsort(np.where(np.isfinite(scores), -scores, np.inf), kind="stable")
     n = min(n_show, c)
     rows = [("kept", rank[:n]), ("ranked lowest", rank[::-1][:n])]
-    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.3), squeeze=False)
+    fig = Figure(figsize=(1.9 * n, 4.3))
+    axes = fig.subplots(2, n, squeeze=False)
     for r, (label, chans) in enumerate(rows):
         for i, ch in enumerate(chans):
             ax = axes[r, i]
@@ -107,13 +109,15 @@ def plot_selection_heatmap(frequencies: Mapping[str, np.ndarray], *, title: str 
       title: figure title.
 
     Returns:
-      A matplotlib Figure.
+      A :class:`matplotlib.figure.Figure` (not registered with pyplot; a notebook shows it
+      when it is a cell's value or passed to ``display``).
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     names = list(frequencies)
     grid = np.stack([np.asarray(frequencies[n], np.float64) for n in names])
-    fig, ax = plt.subplots(figsize=(min(14, 2 + 0.12 * grid.shape[1]), 0.9 + 0.35 * len(names)))
+    fig = Figure(figsize=(min(14, 2 + 0.12 * grid.shape[1]), 0.9 + 0.35 * len(names)))
+    ax = fig.subplots()
     im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("channel")
@@ -234,9 +238,10 @@ def plot_volume_ife(features, *, ratio: float = 0.5, depth: int | None = None):
       depth: the D index shown (default the middle).
 
     Returns:
-      A matplotlib Figure.
+      A :class:`matplotlib.figure.Figure` (not registered with pyplot; a notebook shows it
+      when it is a cell's value or passed to ``display``).
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from ife_jax.ops import curvature_response, curvature_scores, entropy_scores
     from ife_jax.ops.entropy import neighbour_mean
@@ -256,7 +261,8 @@ def plot_volume_ife(features, *, ratio: float = 0.5, depth: int | None = None):
     kept_c = set(np.argsort(-curv, kind="stable")[:k].tolist())
     kept_e = set(np.argsort(-ent, kind="stable")[:k].tolist())
     order = np.argsort(-curv, kind="stable")
-    fig, axes = plt.subplots(c, 3, figsize=(6.6, 2.0 * c), squeeze=False)
+    fig = Figure(figsize=(6.6, 2.0 * c))
+    axes = fig.subplots(c, 3, squeeze=False)
     for r, ch in enumerate(order):
         marks = ("C" if ch in kept_c else "-") + ("E" if ch in kept_e else "-")
         panels = [

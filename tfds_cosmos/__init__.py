@@ -149,6 +149,7 @@ def load(name_or_folder: str | os.PathLike, *, split: str | None = None, **build
     """``build(...)`` then ``as_data_source``: a dict ``{split: source}`` or one source.
 
     Each source supports ``len(source)`` and ``source[i]`` (a dict of NumPy values) and can be
-    handed to ``ife_jax.data.make_train_loader`` / ``make_eval_loader``.
+    handed to ``ife_jax.data.make_train_loader`` (training) or, as
+    ``ife_jax.train.datasets.SourceExamples``, to ``ife_jax.train.inference`` (evaluation).
     """
     return build(name_or_folder, **build_kwargs).as_data_source(split=split)

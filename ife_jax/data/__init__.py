@@ -1,7 +1,8 @@
 """Input pipeline: image files to arrays, reference-recipe transforms and grain loaders.
 
 ``read_image`` / ``read_mask`` are the one way a file becomes model input (``images``);
-``make_train_loader`` / ``make_eval_loader`` build resumable grain pipelines;
+``make_train_loader`` builds the resumable grain training pipeline (``make_eval_loader``
+and ``invert_eval_batch`` are deprecated: evaluation is ``ife_jax.train.inference``);
 ``transforms`` holds the per-example NumPy/OpenCV steps and the inverse evaluation mapping.
 """
 

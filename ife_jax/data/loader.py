@@ -13,6 +13,9 @@ Training::
     ...
     it = iter(loader); it.set_state(state)   # resumes on exactly the next batch
 
+Evaluation goes through :mod:`ife_jax.train.inference` (``make_eval_loader`` and
+``invert_eval_batch`` are deprecated).
+
 Every batch has one side S drawn from ``sizes``; records are reshuffled every epoch; the stream
 is a pure function of (source, seed, batch_size, sizes, shard_index, shard_count), whatever
 ``num_workers`` is. Scripts that use ``num_workers > 0`` need an ``if __name__ == "__main__":``
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 
 import grain
@@ -194,7 +198,13 @@ def make_eval_loader(
     num_threads: int = 2,
     prefetch: int = 8,
 ) -> grain.IterDataset:
-    """The evaluation pipeline: every record once, in source order, padded to full batches.
+    """Deprecated: :func:`ife_jax.train.inference.iter_predictions` is the one evaluation
+    path (streamed, every process gets every map); it applies
+    :func:`~ife_jax.data.transforms.eval_transform` and
+    :func:`~ife_jax.data.transforms.invert_eval` per image, which data pipelines of their own
+    can call directly.
+
+    The evaluation pipeline: every record once, in source order, padded to full batches.
 
     Each shard yields the same number of batches (``ceil(len / shard_count / batch_size)``), the
     last ones padded with copies flagged ``valid=False``, so every host can run the same jitted
@@ -211,6 +221,7 @@ def make_eval_loader(
         one example's values to ``transforms.invert_eval`` (or use :func:`invert_eval_batch`)
         to bring a (size, size) prediction back to (height, width).
     """
+    _deprecated("make_eval_loader")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     _check_shard(shard_index, shard_count)
@@ -226,13 +237,26 @@ def make_eval_loader(
     return _finish(ds, num_workers, num_threads, prefetch)
 
 
+def _deprecated(name: str) -> None:
+    warnings.warn(
+        f"ife_jax.data.{name} is deprecated; evaluate through "
+        "ife_jax.train.inference.iter_predictions, or call ife_jax.data.transforms."
+        "eval_transform and invert_eval per image",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 _META = ("height", "width", "pad_top", "pad_left", "padded_size")
 
 
 def invert_eval_batch(
     predictions: np.ndarray, batch: dict, *, interpolation: str = "linear"
 ) -> list[np.ndarray]:
-    """Maps a batch of (B, size, size[, C]) predictions back to each original image size.
+    """Deprecated with :func:`make_eval_loader` (use
+    :func:`~ife_jax.data.transforms.invert_eval` per example).
+
+    Maps a batch of (B, size, size[, C]) predictions back to each original image size.
 
     Args:
       predictions: NumPy (or ``jax.Array``, converted) predictions on ``batch["image"]``.
@@ -242,6 +266,7 @@ def invert_eval_batch(
     Returns:
       one array per *valid* example, (height_i, width_i[, C]), in batch order.
     """
+    _deprecated("invert_eval_batch")
     predictions = np.asarray(predictions)
     out = []
     for i in range(predictions.shape[0]):

@@ -185,18 +185,12 @@ def compute_all(pred, gt, *, convention: str = "standard", spacing=1.0) -> dict[
     """
     _check_convention(convention)
     sp = normalize_spacing(spacing)
-    pu, was255 = as_unit(pred, name="pred")
-    g = as_target(gt)
-    check_same_shape(pu, g)
-    if convention == "standard":
-        p = pu > (128.0 / 255.0 if was255 else 0.5)
-    else:
-        lo, hi = pu.min(), pu.max()
-        p = (pu - lo) / (hi - lo + 1e-8) >= 0.5
-
+    p = binarize_prediction(pred, convention=convention)
+    g = binarize_target(gt, convention=convention)
+    check_same_shape(p, g)
+    case = _empty_case(p, g)
     tp = int(np.count_nonzero(p & g))
     n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
-    case = "none" if n_p and n_g else ("both" if not (n_p or n_g) else ("pred" if n_g else "gt"))
     dists = directed_distances(p, g, sp) if case == "none" else None
 
     if convention == "standard":
@@ -211,7 +205,7 @@ def compute_all(pred, gt, *, convention: str = "standard", spacing=1.0) -> dict[
             "jc": jaccard_from_counts(tp, n_p, n_g),
             "f1": fbeta_from_counts(tp, n_p, n_g, beta2=1.0),
             "hce": float(sum(hce_parts(p, g))),
-            "mae": float(np.mean(np.abs(pu - g))),
+            "mae": float(np.mean(np.abs(as_unit(pred, name="pred")[0] - g))),
             "hd": hd,
             "asd": sd,
             "rvd": rvd_from_counts(n_p, n_g),

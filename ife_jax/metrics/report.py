@@ -7,7 +7,8 @@ ground truth) triples; :func:`write_report` turns a list of records into a folde
 
     per_image.csv        one row per record
     summary.txt          overall table, tables by modality and by anatomy, empty-mask counts,
-                         and (two models) the paired comparison with t-test p-values on DSC
+                         and (two or more models) each model's paired comparison with the
+                         baseline, t-test p-values on DSC
     summary.csv          the same numbers, one row per (grouping, group, model, metric)
     dsc_by_group.png     DSC per modality and per anatomy, the models side by side (paper Fig. 6)
     overlays.png         prediction red, ground truth green, overlap yellow (paper Fig. 7),
@@ -331,23 +332,42 @@ def plot_dsc_by_group(
 
 
 def _to_rgb01(image: np.ndarray) -> np.ndarray:
-    a = np.asarray(image, dtype=np.float64)
+    a = np.asarray(image)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)
     if a.ndim != 3 or a.shape[-1] != 3:
         raise ValueError(f"image must be (H, W), (H, W, 1) or (H, W, 3), got {a.shape}.")
+    if a.dtype == np.uint8:
+        return a.astype(np.float64) / 255.0
+    a = a.astype(np.float64)
     lo, hi = a.min(), a.max()
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
 def overlay(
-    image: np.ndarray, pred_bin: np.ndarray, gt_bin: np.ndarray, *, alpha: float = 0.5
+    image: np.ndarray,
+    pred_bin: np.ndarray,
+    gt_bin: np.ndarray | None = None,
+    *,
+    alpha: float = 0.5,
 ) -> np.ndarray:
-    """RGB float (H, W, 3) in [0, 1]: prediction red, ground truth green, both yellow."""
+    """RGB float (H, W, 3) in [0, 1]: prediction red, ground truth green, both yellow.
+
+    Args:
+      image: (H, W), (H, W, 1) or (H, W, 3); uint8 is shown on its 0-255 scale, any other
+        dtype min-max scaled.
+      pred_bin: (H, W) bool prediction.
+      gt_bin: (H, W) bool ground truth, or None to show the prediction alone.
+      alpha: weight of the colour where a mask is set.
+
+    Raises:
+      ValueError: if an image or mask shape does not fit, naming the shapes.
+    """
     rgb = _to_rgb01(image)
-    p, g = np.asarray(pred_bin, bool), np.asarray(gt_bin, bool)
+    p = np.asarray(pred_bin, bool)
+    g = np.zeros_like(p) if gt_bin is None else np.asarray(gt_bin, bool)
     if p.shape != rgb.shape[:2] or g.shape != rgb.shape[:2]:
         raise ValueError(f"masks {p.shape}, {g.shape} must match the image {rgb.shape[:2]}.")
     color = np.stack([p, g, np.zeros_like(p)], axis=-1).astype(np.float64)
@@ -363,14 +383,18 @@ def overlay_grid(
     *,
     titles: Sequence[str] | None = None,
     convention: str = "standard",
+    dsc: dict[str, Sequence[float]] | None = None,
 ) -> None:
     """Qualitative grid (paper Fig. 7): one row per image, columns image then one per model.
 
     Args:
-      images: N images (H, W) or (H, W, 3), any range (min-max scaled for display).
+      images: N images (H, W) or (H, W, 3) (shown as :func:`overlay` shows them).
       gts: N ground truths; preds: model name -> N predictions (binarised as ``convention``).
       path: PNG file to write.
       titles: optional row labels (e.g. image ids).
+      convention: how predictions and ground truths are binarised and scored.
+      dsc: model name -> the N DSC values already computed (e.g. from the records); computed
+        with :func:`~ife_jax.metrics.compute_all` when not given.
     """
     from matplotlib.figure import Figure
 
@@ -379,6 +403,8 @@ def overlay_grid(
     n = len(images)
     if n == 0 or len(gts) != n or any(len(v) != n for v in preds.values()):
         raise ValueError("images, gts and every model's preds must have the same, non-zero length.")
+    if dsc is not None and any(len(dsc.get(name, ())) != n for name in preds):
+        raise ValueError(f"dsc must hold {n} values for each of the models {list(preds)}.")
     cols = 1 + len(preds)
     fig = Figure(figsize=(2.6 * cols, 2.6 * n), constrained_layout=True)
     axes = np.atleast_2d(fig.subplots(n, cols, squeeze=False))
@@ -389,7 +415,10 @@ def overlay_grid(
         for j, (name, ps) in enumerate(preds.items(), start=1):
             p = binarize_prediction(ps[i], convention=convention)
             axes[i, j].imshow(overlay(images[i], p, g))
-            d = compute_all(ps[i], gts[i], convention=convention)["dsc"]
+            if dsc is not None:
+                d = dsc[name][i]
+            else:
+                d = compute_all(ps[i], gts[i], convention=convention)["dsc"]
             axes[i, j].set_title(f"{name}  DSC {100 * d:.1f}", fontsize=8)
         for ax in axes[i]:
             ax.set_axis_off()
@@ -423,25 +452,35 @@ def write_report(
     *,
     model_names: Sequence[str] | None = None,
     overlays: dict | None = None,
+    baseline: str | None = None,
 ) -> dict[str, str]:
     """Write the evaluation report of ``records`` into ``out_dir`` (created if needed).
 
     Args:
       records: list of records (see the module docstring), one or more models.
       out_dir: output folder.
-      model_names: the models to report, in order; default all, first-seen order. With two or
-        more, the first is the baseline the second is compared with (paired t-test on DSC).
+      model_names: the models to report, in order; default all, first-seen order.
       overlays: optional ``{"images": [...], "gts": [...], "preds": {model: [...]},
-        "titles": [...]}`` for the qualitative grid.
+        "titles": [...]}`` for the qualitative grid, with optional ``"dsc"`` (model -> the
+        shown images' DSC, so they are not computed again) and ``"convention"``.
+      baseline: the model every other model is compared with (paired t-test on DSC, overall,
+        by modality and by anatomy); default the first of ``model_names``.
 
     Returns:
       Name -> path of each file written.
+
+    Raises:
+      ValueError: if ``model_names`` or ``baseline`` name a model without records.
     """
     _check_records(records)
     models = list(model_names) if model_names is not None else _models(records)
     unknown = [m for m in models if m not in _models(records)]
     if unknown:
         raise ValueError(f"model_names {unknown} have no records; models are {_models(records)}.")
+    if baseline is None:
+        baseline = models[0]
+    elif baseline not in models:
+        raise ValueError(f"baseline {baseline!r} is not one of the reported models {models}.")
     recs = [r for r in records if r["model"] in models]
     os.makedirs(out_dir, exist_ok=True)
     paths = {
@@ -463,16 +502,11 @@ def write_report(
         "",
         format_empty_counts(recs),
     ]
-    if len(models) >= 2:
-        a, b = models[0], models[1]
-        parts += [
-            "",
-            format_comparison(recs, a, b),
-            "",
-            format_comparison(recs, a, b, by="modality"),
-            "",
-            format_comparison(recs, a, b, by="anatomy"),
-        ]
+    for other in models:
+        if other == baseline:
+            continue
+        for by in (None, "modality", "anatomy"):
+            parts += ["", format_comparison(recs, baseline, other, by=by)]
     with open(paths["summary_txt"], "w") as f:
         f.write("\n".join(parts) + "\n")
     rows = summary_rows(recs)
@@ -489,5 +523,7 @@ def write_report(
             overlays["preds"],
             paths["overlays"],
             titles=overlays.get("titles"),
+            convention=overlays.get("convention", "standard"),
+            dsc=overlays.get("dsc"),
         )
     return paths

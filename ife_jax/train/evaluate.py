@@ -212,7 +212,7 @@ def write_reports(
 
     Args:
       output: the report folder.
-      records: convention -> records of every model.
+      records: convention -> records of every model, each model's in ``examples``' order.
       examples: the evaluated examples (for the overlays).
       probs: model name -> probability maps in ``examples``' order (first: the baseline).
       overlays: how many examples the overlay figure shows.
@@ -226,31 +226,35 @@ def write_reports(
     shown = examples[:overlays]
     texts = {}
     for convention in CONVENTIONS:
-        folder = output / convention
+        dsc = {n: [] for n in names}
+        for record in records[convention]:
+            if record["model"] in dsc and len(dsc[record["model"]]) < len(shown):
+                dsc[record["model"]].append(float(record["dsc"]))
         paths = report.write_report(
             records[convention],
-            str(folder),
+            str(output / convention),
             model_names=names,
+            baseline=names[0],
             overlays={
                 "images": [ex.image for ex in shown],
                 "gts": [ex.mask for ex in shown],
                 "preds": {n: probs[n][: len(shown)] for n in names},
                 "titles": [ex.image_id for ex in shown],
+                "dsc": dsc,
+                "convention": convention,
             },
         )
-        summary_path = Path(paths["summary_txt"])
-        text = summary_path.read_text()
-        for other in names[2:]:  # write_report compares the first two
-            text += "\n" + report.format_comparison(records[convention], names[0], other) + "\n"
-        summary_path.write_text(text)
-        texts[convention] = text
+        texts[convention] = Path(paths["summary_txt"]).read_text()
     return texts
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 image with ``pred`` tinted red and ``gt`` (if given) green."""
-    out = image.astype(np.float32).copy()
-    out[pred] = 0.5 * out[pred] + 0.5 * np.array([255, 0, 0], np.float32)
-    if gt is not None:
-        out[gt] = 0.5 * out[gt] + 0.5 * np.array([0, 255, 0], np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    """Deprecated: :func:`ife_jax.metrics.report.overlay` (as uint8: ``round(255 * rgb)``)."""
+    from ife_jax.metrics import report
+
+    warnings.warn(
+        "ife_jax.train.evaluate.overlay is deprecated; use ife_jax.metrics.report.overlay",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return np.round(255 * report.overlay(image, pred, gt)).astype(np.uint8)

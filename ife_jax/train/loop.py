@@ -4,11 +4,18 @@ Everything a run writes lives in ``workdir``: ``config.json``, ``checkpoints/`` 
 ``best/`` (best validation Dice), ``metrics.jsonl`` (one JSON object per step, validation and
 compilation event) and ``curves.png`` (loss and validation Dice). Running again with the same
 workdir resumes from the newest readable checkpoint.
+
+The run reads top to bottom as its steps: :func:`_set_up` (configuration, data, network,
+optimiser, compiled steps), :func:`_restore` (the newest checkpoint, or a fresh state),
+:func:`_train_epoch` (the steps up to the next epoch's end, with the periodic checkpoints),
+:func:`_evaluate` (validation Dice), :func:`_checkpoint` and :func:`_finish` (the curves and the
+summary). :class:`_Run` holds what they share.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +29,7 @@ import numpy as np
 from ife_jax.train import sharding as sharding_lib
 from ife_jax.train.checkpointing import Checkpointer
 from ife_jax.train.config import TrainConfig
-from ife_jax.train.inference import dice, predict_images
+from ife_jax.train.inference import dice, iter_predictions
 from ife_jax.train.models import build_model
 from ife_jax.train.plan import plan_for_run
 from ife_jax.train.pretrained import load_backbone, record_pretrained_backbone, with_backbone
@@ -142,10 +149,12 @@ def default_inputs(config: TrainConfig):
 
 
 def _validate(eval_step, variables, examples, config, mesh) -> float:
-    probs = predict_images(
+    """Mean Dice of the thresholded predictions over the validation examples, streamed: one
+    batch of images and maps is held at a time."""
+    probs = iter_predictions(
         eval_step,
         variables,
-        [ex.image for ex in examples],
+        (ex.image for ex in examples),
         size=config.eval_size,
         batch_size=config.batch_size,
         mesh=mesh,
@@ -155,15 +164,17 @@ def _validate(eval_step, variables, examples, config, mesh) -> float:
 
 
 def plot_curves(records: list[dict], path: Path) -> None:
-    """Training loss (per step, and its running mean) and validation Dice (per epoch) as a PNG."""
-    import matplotlib
+    """Training loss (per step, and its running mean) and validation Dice (per epoch) as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a :class:`matplotlib.figure.Figure` of its own: the process's plotting backend and
+    pyplot's figures are left alone.
+    """
+    from matplotlib.figure import Figure
 
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_dice" in r]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    ax1, ax2 = fig.subplots(1, 2)
     if steps:
         x = np.array([r["step"] for r in steps])
         y = np.array([r["loss"] for r in steps])
@@ -177,7 +188,6 @@ def plot_curves(records: list[dict], path: Path) -> None:
     ax2.set(xlabel="epoch", ylabel="Dice", title="validation Dice", ylim=(0, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def train_and_evaluate(
@@ -212,159 +222,269 @@ def train_and_evaluate(
     workdir = _prepare_workdir(workdir)
     # Process 0 writes the workdir, so it alone holds the lock.
     with WorkdirLock(workdir) if _is_main() else contextlib.nullcontext():
-        return _train(config, workdir, inputs=inputs, progress=progress, backbone=backbone)
+        run = _set_up(config, workdir, inputs or default_inputs)
+        try:
+            _restore(run, backbone)
+            run.bar = _progress_bar(run) if progress else None
+            while run.step < run.total_steps:
+                _train_epoch(run)
+                epoch = run.step // run.steps_per_epoch
+                if epoch % config.eval_every_epochs == 0 or epoch == config.epochs:
+                    _evaluate(run, epoch)
+                _checkpoint(run)
+            run.log_steps.flush()
+        finally:
+            if run.bar is not None:
+                run.bar.close()
+            run.checkpointer.close()
+        return _finish(run)
 
 
-def _train(
-    config: TrainConfig, workdir: Path, *, inputs: Callable | None, progress: bool, backbone
-):
+@dataclasses.dataclass
+class _Run:
+    """What the steps of one training run share: set up once, then updated step by step."""
+
+    config: TrainConfig
+    workdir: Path
+    mesh: jax.sharding.Mesh
+    train_input: object
+    val_examples: object
+    steps_per_epoch: int
+    model: object
+    schedule: Callable
+    init: Callable
+    init_key: jax.Array
+    shardings: object
+    abstract: object
+    train_step: Callable  # jitted, compiled once per batch shape into ``compiled``
+    eval_step: Callable
+    checkpointer: Checkpointer
+    log: MetricsLog
+    log_steps: _StepRecords | None = None
+    state: object = None
+    meta: dict = dataclasses.field(default_factory=dict)
+    step: int = 0
+    compiled: dict[tuple, Callable] = dataclasses.field(default_factory=dict)
+    compile_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    bar: object = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    def write(self, message: str) -> None:
+        """A line for the user: above the progress bar if there is one."""
+        (self.bar.write if self.bar is not None else _log)(message)
+
+
+def _set_up(config: TrainConfig, workdir: Path, inputs: Callable) -> _Run:
+    """Checks the workdir, reads the data, builds the network, optimiser and jitted steps.
+
+    Nothing is written unless all of it succeeds; then ``config.json`` marks the workdir as
+    this run's.
+    """
     _check_config(config, workdir)
     resuming = has_checkpoints(workdir)
     mesh = sharding_lib.make_mesh()
     sharding_lib.local_batch_size(config.batch_size, mesh)  # validates divisibility
-    train_input, val_examples = (inputs or default_inputs)(config)
+    train_input, val_examples = inputs(config)
     spe = train_input.steps_per_epoch
-    total_steps = config.epochs * spe
 
     model = build_model(config, plan=plan_for_run(config, workdir, reuse=resuming))
     tx = make_optimizer(config, spe)
-    schedule = learning_rate_schedule(config, spe)
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
     abstract, init = abstract_train_state(model, tx, (1, config.eval_size, config.eval_size, 3))
     shardings = state_shardings(abstract, mesh)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
-
     _check_train_sizes(model, abstract, config)
     if _is_main():  # set-up succeeded: the workdir now holds this run
         write_config(workdir, config)
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    log = MetricsLog(workdir / "metrics.jsonl")
-    restored = checkpointer.restore(abstract)
+    run = _Run(
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        train_input=train_input,
+        val_examples=val_examples,
+        steps_per_epoch=spe,
+        model=model,
+        schedule=learning_rate_schedule(config, spe),
+        init=init,
+        init_key=init_key,
+        shardings=shardings,
+        abstract=abstract,
+        # ``make_train_step`` is looked up here at run time, so that it can be replaced.
+        train_step=jit_train_step(
+            make_train_step(model, tx, base_key=dropout_key), shardings, mesh
+        ),
+        eval_step=make_eval_step(model, mesh),
+        checkpointer=Checkpointer(workdir, keep=config.keep_checkpoints),
+        log=MetricsLog(workdir / "metrics.jsonl"),
+    )
+    run.log_steps = _StepRecords(run)
+    return run
+
+
+def _restore(run: _Run, backbone) -> None:
+    """The newest readable checkpoint with its data position, or a fresh state (with the
+    pretrained backbone, if any); drops log records past the step the run restarts from."""
+    config, workdir = run.config, run.workdir
+    restored = run.checkpointer.restore(run.abstract)
     if restored is None:
-        state = fresh_state(init, init_key, shardings, backbone)
-        meta = {"best_val_dice": -1.0, "best_step": -1}
-        log.truncate_after(0)
+        run.state = fresh_state(run.init, run.init_key, run.shardings, backbone)
+        run.meta = {"best_val_dice": -1.0, "best_step": -1}
+        run.log.truncate_after(0)
         start = "from scratch"
         if config.pretrained_backbone is not None:
             start = f"with the backbone of {config.pretrained_backbone}"
         _log(f"training {config.model} (ife={config.ife}) {start} in {workdir}")
     else:
-        state, data_state, meta = restored
-        train_input.set_state(data_state)
-        log.truncate_after(int(state.step))
-        _log(f"resumed {workdir} at step {int(state.step)} (epoch {int(state.step) // spe})")
+        run.state, data_state, run.meta = restored
+        run.train_input.set_state(data_state)
+        run.log.truncate_after(int(run.state.step))
+        step = int(run.state.step)
+        _log(f"resumed {workdir} at step {step} (epoch {step // run.steps_per_epoch})")
+    run.step = int(run.state.step)
+    run.log_steps.restart_clock()
 
-    train_step = jit_train_step(make_train_step(model, tx, base_key=dropout_key), shardings, mesh)
-    eval_step = make_eval_step(model, mesh)
-    compiled: dict[tuple, Callable] = {}
-    compile_seconds: dict[str, float] = {}
 
-    def step_fn(batch):
-        shape = tuple(batch["image"].shape)
-        if shape not in compiled:
-            t0 = time.perf_counter()
-            compiled[shape] = train_step.lower(state, batch).compile()
-            seconds = time.perf_counter() - t0
-            compile_seconds[str(shape[1])] = round(seconds, 3)
-            log.append({"step": int(step), "compile_size": shape[1], "compile_seconds": seconds})
-            bar_write(f"compiled the train step for {shape[1]}x{shape[2]} in {seconds:.1f} s")
-        return compiled[shape]
+def _progress_bar(run: _Run):
+    """A progress bar over the run's steps (process 0 only; None on the others)."""
+    if not _is_main():
+        return None
+    from tqdm.auto import tqdm
 
-    bar = None
-    if progress and _is_main():
-        from tqdm.auto import tqdm
+    return tqdm(total=run.total_steps, initial=run.step, unit="step", dynamic_ncols=True)
 
-        bar = tqdm(total=total_steps, initial=int(state.step), unit="step", dynamic_ncols=True)
 
-    def bar_write(message):
-        (bar.write if bar is not None else _log)(message)
+def _compiled_step(run: _Run, batch: dict) -> Callable:
+    """The train step compiled for the batch's shape; compiles (and logs the time) the first
+    time a shape comes, after reading the previous step's results so that they are not timed."""
+    shape = tuple(batch["image"].shape)
+    if shape in run.compiled:
+        return run.compiled[shape]
+    run.log_steps.flush()
+    t0 = time.perf_counter()
+    run.compiled[shape] = run.train_step.lower(run.state, batch).compile()
+    seconds = time.perf_counter() - t0
+    run.compile_seconds[str(shape[1])] = round(seconds, 3)
+    run.log.append({"step": run.step, "compile_size": shape[1], "compile_seconds": seconds})
+    run.write(f"compiled the train step for {shape[1]}x{shape[2]} in {seconds:.1f} s")
+    run.log_steps.restart_clock()
+    return run.compiled[shape]
 
-    def save(step_now, *, best=False):
-        data_state = train_input.get_state()
-        meta_now = dict(meta, step=step_now, epoch=step_now / spe, config=config.to_dict())
-        checkpointer.save(step_now, state, data_state, meta_now, best=best)
 
-    step = int(state.step)
-    pending = None  # (step, metrics) of the step whose results are not yet read
-    clock = {"last": time.perf_counter()}  # when the previous step's results were read
+def _train_epoch(run: _Run) -> None:
+    """Trains up to the end of the current epoch, saving the periodic checkpoints on the way.
 
-    def flush():
-        nonlocal pending
-        if pending is None:
+    Each step is dispatched before the previous one's results are read (:class:`_StepRecords`),
+    so the host does not wait for the devices between steps.
+    """
+    every = run.config.checkpoint_every_steps
+    while True:
+        batch = sharding_lib.shard_batch(next(run.train_input), run.mesh)
+        step_fn = _compiled_step(run, batch)
+        run.state, metrics = step_fn(run.state, batch)
+        run.step += 1
+        run.log_steps.push(run.step, metrics)
+        if run.bar is not None:
+            run.bar.update(1)
+        if run.step % run.steps_per_epoch == 0:
+            run.log_steps.flush()
             return
-        done, metrics = pending
-        pending = None
+        if every and run.step % every == 0:
+            run.log_steps.flush()
+            _save(run)
+            run.log_steps.restart_clock()
+
+
+def _evaluate(run: _Run, epoch: int) -> None:
+    """Validation Dice of the current state, logged; a new best is saved to ``best/``."""
+    val = _validate(run.eval_step, run.state.variables, run.val_examples, run.config, run.mesh)
+    run.log.append({"step": run.step, "epoch": epoch, "val_dice": val})
+    run.write(f"epoch {epoch}: validation Dice {val:.4f}")
+    if val > run.meta["best_val_dice"]:
+        run.meta.update(best_val_dice=val, best_step=run.step)
+        _save(run, best=True)
+
+
+def _checkpoint(run: _Run) -> None:
+    """The end-of-epoch checkpoint; the time it takes is not counted in the next step's rate."""
+    _save(run)
+    run.log_steps.restart_clock()
+
+
+def _save(run: _Run, *, best: bool = False) -> None:
+    meta = dict(
+        run.meta,
+        step=run.step,
+        epoch=run.step / run.steps_per_epoch,
+        config=run.config.to_dict(),
+    )
+    run.checkpointer.save(run.step, run.state, run.train_input.get_state(), meta, best=best)
+
+
+class _StepRecords:
+    """Logs each step's loss, learning rate and throughput, one step late.
+
+    The metrics of step ``t`` are read (which waits for the devices) only after step ``t + 1``
+    has been dispatched, or at a checkpoint, evaluation or compilation. A non-finite loss stops
+    the run there, naming the step.
+    """
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.pending = None  # (step, metrics) of the step whose results are not yet read
+        self.last = time.perf_counter()  # when the previous step's results were read
+
+    def restart_clock(self) -> None:
+        self.last = time.perf_counter()
+
+    def push(self, step: int, metrics) -> None:
+        self.flush()
+        self.pending = (step, metrics)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        run = self.run
+        done, metrics = self.pending
+        self.pending = None
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
-        rate = config.batch_size / max(now - clock["last"], 1e-9)
-        clock["last"] = now
+        rate = run.config.batch_size / max(now - self.last, 1e-9)
+        self.last = now
+        epoch = (done - 1) // run.steps_per_epoch + 1
         if not math.isfinite(values["loss"]):
-            good = checkpointer.latest_step()
+            good = run.checkpointer.latest_step()
             raise NonFiniteLossError(
-                f"non-finite loss ({values['loss']}) at step {done} (epoch {(done - 1) // spe + 1}"
-                f"); training stopped, the last good checkpoint is step {good} in {workdir}"
+                f"non-finite loss ({values['loss']}) at step {done} (epoch {epoch}); training "
+                f"stopped, the last good checkpoint is step {good} in {run.workdir}"
             )
-        record = {"step": done, "epoch": (done - 1) // spe + 1, **values}
-        record["lr"] = float(schedule(done - 1))
+        record = {"step": done, "epoch": epoch, **values}
+        record["lr"] = float(run.schedule(done - 1))
         record["images_per_s"] = rate
-        log.append(record)
-        if bar is not None:
-            bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}", refresh=False)
+        run.log.append(record)
+        if run.bar is not None:
+            run.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}", refresh=False)
 
-    try:
-        while step < total_steps:
-            local = next(train_input)
-            batch = sharding_lib.shard_batch(local, mesh)
-            if tuple(batch["image"].shape) not in compiled:
-                flush()
-                fn = step_fn(batch)
-                clock["last"] = time.perf_counter()
-            else:
-                fn = step_fn(batch)
-            state, metrics = fn(state, batch)
-            step += 1
-            flush()
-            pending = (step, metrics)
-            if bar is not None:
-                bar.update(1)
-            epoch_end = step % spe == 0
-            periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-            if epoch_end:
-                flush()
-                epoch = step // spe
-                if epoch % config.eval_every_epochs == 0 or epoch == config.epochs:
-                    val = _validate(eval_step, state.variables, val_examples, config, mesh)
-                    log.append({"step": step, "epoch": epoch, "val_dice": val})
-                    bar_write(f"epoch {epoch}: validation Dice {val:.4f}")
-                    if val > meta["best_val_dice"]:
-                        meta.update(best_val_dice=val, best_step=step)
-                        save(step, best=True)
-                save(step)
-                clock["last"] = time.perf_counter()
-            elif periodic:
-                flush()
-                save(step)
-                clock["last"] = time.perf_counter()
-        flush()
-    finally:
-        if bar is not None:
-            bar.close()
-        checkpointer.close()
 
+def _finish(run: _Run) -> dict:
+    """Draws ``curves.png`` and returns the run's summary."""
     if _is_main():
-        plot_curves(log.read(), workdir / "curves.png")
+        plot_curves(run.log.read(), run.workdir / "curves.png")
+    meta = run.meta
     summary = {
-        "step": step,
-        "epoch": step // spe,
+        "step": run.step,
+        "epoch": run.step // run.steps_per_epoch,
         "best_val_dice": meta["best_val_dice"],
         "best_step": meta["best_step"],
-        "compile_seconds": compile_seconds,
-        "workdir": str(workdir),
+        "compile_seconds": run.compile_seconds,
+        "workdir": str(run.workdir),
     }
     _log(
-        f"done: {step} steps, best validation Dice {meta['best_val_dice']:.4f} at step "
-        f"{meta['best_step']}; compile seconds per size {compile_seconds}"
+        f"done: {run.step} steps, best validation Dice {meta['best_val_dice']:.4f} at step "
+        f"{meta['best_step']}; compile seconds per size {run.compile_seconds}"
     )
     return summary

@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image
 
 from ife_jax.data.images import read_image
-from ife_jax.train.evaluate import load_model, overlay
+from ife_jax.metrics.report import overlay
+from ife_jax.train.evaluate import load_model
 from ife_jax.train.inference import predict_images
 from ife_jax.train.step import make_eval_step
 
@@ -108,6 +109,6 @@ def predict(
     for (mask_path, overlay_path), image, prob in zip(paths, arrays, probs, strict=True):
         mask = prob >= threshold
         Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
-        Image.fromarray(overlay(image, mask)).save(overlay_path)
+        Image.fromarray(np.round(255 * overlay(image, mask)).astype(np.uint8)).save(overlay_path)
         written.append(mask_path)
     return written

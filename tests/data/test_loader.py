@@ -98,7 +98,8 @@ def test_one_worker_process_gives_the_same_batches():
 
 def test_eval_loader_pads_batches_and_inverts_to_original_size():
     src = _source(5)
-    batches = list(make_eval_loader(src, batch_size=2, size=32))
+    with pytest.deprecated_call():
+        batches = list(make_eval_loader(src, batch_size=2, size=32))
     assert len(batches) == 3
     valid = np.concatenate([b["valid"] for b in batches])
     assert valid.tolist() == [True] * 5 + [False]
@@ -107,7 +108,8 @@ def test_eval_loader_pads_batches_and_inverts_to_original_size():
     outs = []
     for b in batches:
         # An identity "model": the mask channel of the eval image as the prediction.
-        outs += invert_eval_batch(b["mask"], b)
+        with pytest.deprecated_call():
+            outs += invert_eval_batch(b["mask"], b)
     assert len(outs) == 5
     for k, out in enumerate(outs):
         h, w = src[k]["mask"].shape[:2]
@@ -116,6 +118,7 @@ def test_eval_loader_pads_batches_and_inverts_to_original_size():
         assert agree > 0.97
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_eval_shards_have_equal_batch_counts():
     counts = [
         len(

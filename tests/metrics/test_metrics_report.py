@@ -117,3 +117,42 @@ def test_overlay_colours():
     np.testing.assert_array_equal(rgb[1, 0], [1, 0, 0])  # prediction only: red
     np.testing.assert_array_equal(rgb[0, 1], [0, 1, 0])  # ground truth only: green
     np.testing.assert_array_equal(rgb[1, 1], [0, 0, 0])
+
+
+def test_write_report_compares_every_model_with_the_baseline(tmp_path, records):
+    third = evaluate_masks(make_pairs(2), model="unet+c", progress=False)
+    both = records + third
+    text = open(write_report(both, str(tmp_path), baseline="unet")["summary_txt"]).read()
+    for other in ("unet+ife", "unet+c"):
+        # overall, by modality and by anatomy
+        assert text.count(f"Paired comparison on DSC(%): {other} vs unet ") == 3
+    want = f"{100 * np.mean([r['dsc'] for r in third]):.2f}"
+    overall = text.split("Paired comparison on DSC(%): unet+c vs unet ")[1].splitlines()[2]
+    assert overall.split()[0] == "all" and overall.split()[3] == want
+    text = open(write_report(both, str(tmp_path), baseline="unet+c")["summary_txt"]).read()
+    assert text.count("vs unet+c ") == 6 and "vs unet " not in text
+    with pytest.raises(ValueError, match="baseline 'nnunet'"):
+        write_report(both, str(tmp_path), baseline="nnunet")
+
+
+def test_overlay_grid_uses_the_scores_it_is_given(tmp_path, monkeypatch):
+    from ife_jax.metrics import report
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("the overlay grid recomputed a metric it was given")
+
+    monkeypatch.setattr(report, "compute_all", no_recompute)
+    g = square()
+    path = tmp_path / "grid.png"
+    report.overlay_grid([g.astype(np.uint8) * 255], [g], {"m": [g]}, str(path), dsc={"m": [1.0]})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="dsc must hold 1 values"):
+        report.overlay_grid([g], [g], {"m": [g]}, str(path), dsc={"m": []})
+
+
+def test_overlay_of_a_uint8_image_keeps_its_scale_and_gt_is_optional():
+    img = np.array([[[10, 20, 30], [200, 100, 0]]], np.uint8)
+    p = np.array([[True, False]])
+    rgb = overlay(img, p, alpha=0.5)
+    np.testing.assert_allclose(rgb[0, 1], img[0, 1] / 255.0)  # untouched, not min-max scaled
+    np.testing.assert_allclose(rgb[0, 0], 0.5 * img[0, 0] / 255.0 + [0.5, 0, 0])  # red only
