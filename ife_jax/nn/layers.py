@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ife_jax.nn.conv import Conv
+from ife_jax.nn.norm import BatchNorm
 from ife_jax.ops._checks import (
     check_ife as check_ife,  # one check, shared with Keras and the config
 )
@@ -21,8 +22,9 @@ Dtype = Any
 
 
 def batch_norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str | None = None):
-    """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, epsilon 1e-5)."""
-    return nn.BatchNorm(
+    """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, epsilon 1e-5); the
+    variables and outputs of ``flax.linen.BatchNorm``, with a closed-form gradient."""
+    return BatchNorm(
         use_running_average=not train,
         momentum=0.9,
         epsilon=1e-5,

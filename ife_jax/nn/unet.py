@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from ife_jax.nn.conv import Conv, ConvTranspose
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import DoubleConv, Dtype, check_ife, check_input, conv_init
+from ife_jax.nn.pool import max_pool
 
 
 class UNet(nn.Module):
@@ -62,7 +63,7 @@ class UNet(nn.Module):
         skips = []
         for i, width in enumerate(self.widths):
             if i:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x, 2)
             x = DoubleConv(width, name=f"down{i + 1}", **kw)(x, train)
             skips.append(x)
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import DoubleConv, Dtype, check_ife, conv_init
+from ife_jax.nn.pool import max_pool
 
 #: nnU-Net's 3-D widths: 32 doubling per stage, capped at 320.
 NNUNET_3D_WIDTHS = (32, 64, 128, 256, 320, 320)
@@ -78,7 +79,7 @@ class UNet3D(nn.Module):
         skips = []
         for i, width in enumerate(self.widths):
             if i:
-                x = nn.max_pool(x, (2, 2, 2), strides=(2, 2, 2))
+                x = max_pool(x, 2)
             x = DoubleConv(width, spatial_dims=3, name=f"down{i + 1}", **kw)(x, train)
             skips.append(x)
 
