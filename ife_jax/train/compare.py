@@ -22,11 +22,13 @@ network's Table 1 row unless ``@`` gives them (shallow to deep, each in [0, 1]).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -398,6 +400,33 @@ def _run_one(config, workdir: Path, *, name: str, split: str, inputs, examples, 
     return result
 
 
+@contextlib.contextmanager
+def shared_compilation_cache():
+    """Within it, a program this process compiles once is loaded, not recompiled, when another
+    run builds it again: runs of one variant that differ only in their seed lower to the same
+    program (the dropout key is an argument of the train step), so a comparison compiles one
+    train step per variant and size, not one per run.
+
+    It is JAX's persistent compilation cache in a fresh private temporary folder, deleted on
+    exit, so no program written by anyone else is ever loaded. A cache folder the user has set
+    (``JAX_COMPILATION_CACHE_DIR``) is used as it is.
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if jax.config.jax_compilation_cache_dir:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="ife_jax_programs_") as folder:
+        compilation_cache.reset_cache()
+        jax.config.update("jax_compilation_cache_dir", folder)
+        try:
+            yield
+        finally:
+            jax.config.update("jax_compilation_cache_dir", None)
+            compilation_cache.reset_cache()
+
+
 def compare(
     base: TrainConfig,
     variants: Sequence[str | Variant],
@@ -451,18 +480,19 @@ def compare(
         done = sum(r is not None for r in results.values())
         bar = tqdm(total=len(plan), initial=done, desc="compare", unit="run", position=0)
     try:
-        for v, s in plan:
-            if results[v.name, s] is not None:
-                continue
-            workdir = output / v.folder / f"seed{s}"
-            message = f"== {v.name}, seed {s} ({workdir})"
-            (bar.write if bar is not None else print)(message)
-            results[v.name, s] = _run_one(
-                configs[v.name, s], workdir, name=v.name, split=split, inputs=inputs,
-                examples=examples, progress=progress,
-            )  # fmt: skip
-            if bar is not None:
-                bar.update(1)
+        with shared_compilation_cache():
+            for v, s in plan:
+                if results[v.name, s] is not None:
+                    continue
+                workdir = output / v.folder / f"seed{s}"
+                message = f"== {v.name}, seed {s} ({workdir})"
+                (bar.write if bar is not None else print)(message)
+                results[v.name, s] = _run_one(
+                    configs[v.name, s], workdir, name=v.name, split=split, inputs=inputs,
+                    examples=examples, progress=progress,
+                )  # fmt: skip
+                if bar is not None:
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()

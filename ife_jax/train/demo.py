@@ -25,12 +25,13 @@ def run_demo(
     rerun resumes where an interrupted demo stopped.
 
     Returns:
-      What :func:`ife_jax.train.compare.compare` returns, plus ``"minutes"`` (wall time).
+      What :func:`ife_jax.train.compare.compare` returns, plus ``"minutes"`` (wall time) and
+      ``"cpu_minutes"`` (this process's CPU time, all threads).
     """
     import tfds_cosmos
     from ife_jax.train.compare import compare, convergence
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     output = Path(output).absolute()
     data_dir = str(data_dir or output / "tfds")
     config = preset("demo", data_dir=data_dir, **({"epochs": epochs} if epochs else {}))
@@ -61,9 +62,10 @@ def run_demo(
         ok = all(g < 0.01 for g in gains.values())
         print(f"  {name}: {cells} points ({'converged' if ok else 'NOT converged'}: < 1 point)")
     minutes = (time.perf_counter() - start) / 60
+    cpu_minutes = (time.process_time() - cpu_start) / 60
     print(
         f"report (both conventions, seeds.csv, comparison.png: one point per seed and every "
         f"validation curve) in {result['report']}; each run's files in "
-        f"{output}/<variant>/seed<S> ({minutes:.1f} min wall)"
+        f"{output}/<variant>/seed<S> ({minutes:.1f} min wall, {cpu_minutes:.1f} min CPU)"
     )
-    return {**result, "minutes": minutes}
+    return {**result, "minutes": minutes, "cpu_minutes": cpu_minutes}

@@ -56,6 +56,9 @@ def make_train_step(
 
     Dropout noise comes from ``fold_in(base_key, state.step)``, so a resumed run draws exactly
     what an uninterrupted one does. BatchNorm statistics are computed over the global batch.
+    The key is bound as an argument, not closed over: :func:`jit_train_step` passes it to the
+    program, so runs that differ only in their seed share one compiled program (a closed-over
+    key would be a constant of it).
 
     Args:
       model: Linen module; ``apply(..., train=True)`` returns logits or a tuple of logits.
@@ -68,7 +71,7 @@ def make_train_step(
     """
     weights = getattr(model, "output_weights", None)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, base_key: jax.Array):
         key = jax.random.fold_in(base_key, state.step)
 
         def loss_fn(params):
@@ -98,7 +101,32 @@ def make_train_step(
         }
         return new_state, metrics
 
-    return train_step
+    return BoundKey(train_step, base_key)
+
+
+class BoundKey:
+    """``fn`` with a PRNG key bound as its last argument: ``BoundKey(fn, key)(*args)`` is
+    ``fn(*args, key)``. ``lower`` and ``compile`` keep the key bound, so a jitted function, its
+    lowering and its executable are all called with the remaining arguments; other attributes
+    (``cost_analysis``, ``memory_analysis``, ``as_text``, ...) are those of ``fn``."""
+
+    def __init__(self, fn: Callable, key: jax.Array):
+        self.fn = fn
+        self.key = key
+
+    def __call__(self, *args):
+        return self.fn(*args, self.key)
+
+    def lower(self, *args) -> BoundKey:
+        return BoundKey(self.fn.lower(*args, self.key), self.key)
+
+    def compile(self, *args, **kwargs) -> BoundKey:
+        return BoundKey(self.fn.compile(*args, **kwargs), self.key)
+
+    def __getattr__(self, name):
+        if name in ("fn", "key"):  # not yet set (e.g. while copying)
+            raise AttributeError(name)
+        return getattr(self.fn, name)
 
 
 def _resize_logits(logits: jax.Array, masks: jax.Array) -> jax.Array:
@@ -109,11 +137,24 @@ def _resize_logits(logits: jax.Array, masks: jax.Array) -> jax.Array:
 
 
 def jit_train_step(train_step, state_sharding, mesh: Mesh):
-    """``jax.jit`` with the state replicated and donated, the batch split over ``data``."""
+    """``jax.jit`` with the state replicated and donated, the batch split over ``data``.
+
+    A step from :func:`make_train_step` gets its dropout key as a (replicated) argument of
+    the program; any other ``train_step(state, batch)`` is jitted as it is.
+    """
     data = batch_sharding(mesh)
+    batch = {"image": data, "mask": data}
+    if isinstance(train_step, BoundKey):
+        jitted = jax.jit(
+            train_step.fn,
+            in_shardings=(state_sharding, batch, replicated(mesh)),
+            out_shardings=(state_sharding, replicated(mesh)),
+            donate_argnums=(0,),
+        )
+        return BoundKey(jitted, train_step.key)
     return jax.jit(
         train_step,
-        in_shardings=(state_sharding, {"image": data, "mask": data}),
+        in_shardings=(state_sharding, batch),
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=(0,),
     )
