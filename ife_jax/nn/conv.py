@@ -243,7 +243,7 @@ class ConvTranspose(nn.Module):
 
     Attributes: as ``flax.linen.ConvTranspose`` (features, kernel_size, strides, padding,
     use_bias, dtype, param_dtype, precision, kernel_init, bias_init).
-    Call: (B, *spatial, Cin) -> (B, *(spatial * strides), features).
+    Call: ``(B, *spatial, Cin) -> (B, *(spatial * strides), features)``.
     """
 
     features: int
@@ -286,7 +286,7 @@ class ConvTranspose(nn.Module):
 
 
 def _tile_upsample(x: jax.Array, kernel: jax.Array, precision) -> jax.Array:
-    """(B, *S, Cin) x (*K, Cin, Cout) -> (B, *(S * K), Cout): every pixel writes one K tile."""
+    """``(B, *S, Cin) x (*K, Cin, Cout) -> (B, *(S * K), Cout)``: each pixel writes one K tile."""
     n = x.ndim - 2
     spatial, ks = x.shape[1:-1], kernel.shape[:n]
     cout = kernel.shape[-1]

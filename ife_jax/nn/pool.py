@@ -19,7 +19,7 @@ import numpy as np
 
 
 def _windows(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
-    """(B, *S, C) -> (B, S1/k1, k1, ..., Sn/kn, kn, C), the remainder of each S dropped."""
+    """``(B, *S, C) -> (B, S1/k1, k1, ..., Sn/kn, kn, C)``, the remainder of each S dropped."""
     n = len(window)
     crop = tuple(slice(0, (s // k) * k) for s, k in zip(x.shape[1:-1], window, strict=True))
     x = x[(slice(None), *crop)]
@@ -76,7 +76,7 @@ def max_pool(x: jax.Array, window: int | Sequence[int]) -> jax.Array:
     its first maximum in row-major order, as XLA's ``select_and_scatter`` gives it.
 
     Args:
-      x: (B, *spatial, C) float.
+      x: ``(B, *spatial, C)`` float.
       window: the window (= stride) per spatial axis, or one int for all of them.
 
     Returns:

@@ -1,7 +1,8 @@
 """nnU-Net's default training augmentations, as pure JAX functions of one patch and a key.
 
-``augment(key, image (C, *S), seg (*S), ...)`` applies, each drawn independently with nnU-Net's
-probability: rotation (p 0.2, +-30 degrees per axis in 3-D, +-180 in 2-D) and scaling
+``augment(key, image, seg)`` (image ``(C, *S)``, labels ``(*S)``) applies, each drawn
+independently with nnU-Net's probability: rotation (p 0.2, +-30 degrees per axis in 3-D, +-180
+in 2-D) and scaling
 (p 0.2, 0.7-1.4) about the patch centre (linear interpolation for images, nearest for labels;
 outside the patch is 0); Gaussian noise (p 0.1, variance U(0, 0.1)); Gaussian blur (p 0.2,
 sigma U(0.5, 1)); multiplicative brightness (p 0.15, U(0.75, 1.25)); contrast (p 0.15,
@@ -53,7 +54,7 @@ def spatial(key, image, seg, *, p_rotation=0.2, p_scale=0.2):
 
 
 def _blur(x, sigma):
-    """Separable Gaussian blur of one (*S) channel, truncated at 4 sigma (max sigma 1)."""
+    """Separable Gaussian blur of one ``(*S)`` channel, truncated at 4 sigma (max sigma 1)."""
     r = 4
     t = jnp.arange(-r, r + 1, dtype=jnp.float32)
     k = jnp.exp(-0.5 * (t / sigma) ** 2)
@@ -66,7 +67,7 @@ def _blur(x, sigma):
 
 
 def intensity(key, image, *, dims: int):
-    """Noise, blur, brightness, contrast, low resolution and gamma on (C, *S)."""
+    """Noise, blur, brightness, contrast, low resolution and gamma on ``(C, *S)``."""
     ks = jax.random.split(key, 16)
 
     def maybe(k, p, new, old):
@@ -119,7 +120,7 @@ def mirror(key, image, seg):
 
 
 def augment(key, image, seg):
-    """All of nnU-Net's default augmentations on one (C, *S) patch and its (*S) labels."""
+    """All of nnU-Net's default augmentations on one ``(C, *S)`` patch and its ``(*S)`` labels."""
     k1, k2, k3 = jax.random.split(key, 3)
     image, seg = spatial(k1, image, seg)
     image = intensity(k2, image, dims=seg.ndim)

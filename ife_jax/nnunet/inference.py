@@ -53,11 +53,11 @@ def sliding_window(
     mirror: bool = True,
     batch: int = 4,
 ) -> np.ndarray:
-    """Logits (K, *S) of a (C, *S) image with ``apply_fn((B, *patch, C)) -> (B, *patch, K)``.
+    """Logits ``(K, *S)`` of a ``(C, *S)`` image, ``apply_fn((B, *patch, C)) -> (B, *patch, K)``.
 
     Args:
       apply_fn: the network on a batch of windows (channels last).
-      image: (C, *S) with ``len(patch)`` spatial axes.
+      image: ``(C, *S)`` with ``len(patch)`` spatial axes.
       patch: the window size.
     """
     patch = tuple(int(p) for p in patch)

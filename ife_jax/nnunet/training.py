@@ -107,7 +107,7 @@ def _crop(x: np.ndarray, start, size, fill) -> np.ndarray:
 
 
 def sample_batch(cases, config: ConfigurationPlan, rng: np.random.Generator, oversample: float):
-    """``(images (B, *P, C) float32, seg (B, *P) int32)``: one training batch (module doc)."""
+    """One training batch (module doc): images ``(B, *P, C)`` float32, labels ``(B, *P)`` int32."""
     patch = tuple(config.patch_size)
     dims = len(patch)
     images, segs = [], []
@@ -138,7 +138,7 @@ def sample_batch(cases, config: ConfigurationPlan, rng: np.random.Generator, ove
 
 
 def dice_ce(logits, seg, *, batch_dice: bool, smooth: float = 1e-5):
-    """nnU-Net's ``CE + (-soft Dice)`` (foreground classes) of (B, *S, K) logits."""
+    """nnU-Net's ``CE + (-soft Dice)`` (foreground classes) of ``(B, *S, K)`` logits."""
     k = logits.shape[-1]
     onehot = jax.nn.one_hot(seg, k)
     ce = -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), -1))
