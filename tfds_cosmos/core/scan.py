@@ -271,15 +271,22 @@ def hash_split(
     proportions (default: the paper's 31,548 / 5,884 / 17,591) and the assignment depends only
     on the ids.
     """
-    counts = proportions or PAPER_SPLIT_COUNTS
-    total = float(sum(counts.values()))
-    names = list(counts)
     groups: dict[tuple[str, str], list[Pair]] = collections.defaultdict(list)
     for p in pairs:
         groups[(p.modality, p.anatomy)].append(p)
+    ordered = [sorted(groups[k], key=lambda p: _hash(p.image_id)) for k in sorted(groups)]
+    return _cut_in_order(ordered, proportions or PAPER_SPLIT_COUNTS)
+
+
+def _cut_in_order(
+    groups: Iterable[list[Pair]], counts: Mapping[str, float]
+) -> dict[str, list[Pair]]:
+    """Cuts each ordered group at the cumulative proportions ``counts`` (rounded; the last split
+    takes the rest) and returns each split's pairs sorted by image id."""
+    total = float(sum(counts.values()))
+    names = list(counts)
     out: dict[str, list[Pair]] = {name: [] for name in names}
-    for key in sorted(groups):
-        members = sorted(groups[key], key=lambda p: _hash(p.image_id))
+    for members in groups:
         n = len(members)
         start, cum = 0, 0.0
         for name in names:
@@ -309,9 +316,6 @@ def slice_split(
     Raises:
       ValueError: naming an image id that does not end in a slice number.
     """
-    counts = proportions or PAPER_SPLIT_COUNTS
-    total = float(sum(counts.values()))
-    names = list(counts)
     volumes: dict[str, list[tuple[int, Pair]]] = collections.defaultdict(list)
     for p in pairs:
         m = _SLICE_ID.match(p.image_id)
@@ -321,17 +325,11 @@ def slice_split(
                 "ranges needs ids like <Modality>_<Anatomy>_<volume>-<slice>"
             )
         volumes[m["volume"]].append((int(m["slice"]), p))
-    out: dict[str, list[Pair]] = {name: [] for name in names}
-    for key in sorted(volumes):
-        members = [p for _, p in sorted(volumes[key], key=lambda t: (t[0], t[1].image_id))]
-        n = len(members)
-        start, cum = 0, 0.0
-        for name in names:
-            cum += counts[name] / total
-            stop = n if name == names[-1] else int(round(n * cum))
-            out[name].extend(members[start:stop])
-            start = stop
-    return {name: sorted(v, key=lambda p: p.image_id) for name, v in out.items()}
+    ordered = [
+        [p for _, p in sorted(volumes[k], key=lambda t: (t[0], t[1].image_id))]
+        for k in sorted(volumes)
+    ]
+    return _cut_in_order(ordered, proportions or PAPER_SPLIT_COUNTS)
 
 
 def assign_splits(
