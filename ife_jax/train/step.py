@@ -69,31 +69,12 @@ def make_train_step(
       ``train_step(state, batch)`` with ``batch = {"image": (B,H,W,C), "mask": (B,H,W,1)}``;
       the metrics are ``loss``, ``dice`` (batch mean, main output) and ``grad_norm``.
     """
-    weights = getattr(model, "output_weights", None)
 
     def train_step(state: TrainState, batch: dict, base_key: jax.Array):
         key = jax.random.fold_in(base_key, state.step)
-
-        def loss_fn(params):
-            variables = {"params": params, "batch_stats": state.batch_stats}
-            outputs, updates = model.apply(
-                variables,
-                batch["image"],
-                train=True,
-                rngs={"dropout": key},
-                mutable=["batch_stats"],
-            )
-            loss = total_loss(outputs, batch["mask"], weights=weights)
-            return loss, (updates, _as_outputs(outputs)[0])
-
+        loss_fn = training_loss(model, state, batch, key)
         (loss, (updates, main)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, param_updates),
-            batch_stats=updates.get("batch_stats", state.batch_stats),
-            opt_state=opt_state,
-        )
+        new_state = apply_gradients(state, tx, grads, updates)
         metrics = {
             "loss": loss,
             "dice": jnp.mean(dice_per_image(_resize_logits(main, batch["mask"]), batch["mask"])),
@@ -102,6 +83,39 @@ def make_train_step(
         return new_state, metrics
 
     return BoundKey(train_step, base_key)
+
+
+def training_loss(model: nn.Module, state: TrainState, batch: dict, key: jax.Array) -> Callable:
+    """``loss_fn(params) -> (loss, (mutated variables, main logits))``: the training forward of
+    ``model`` on ``batch`` with ``state``'s BatchNorm statistics and dropout key ``key``."""
+    weights = getattr(model, "output_weights", None)
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        outputs, updates = model.apply(
+            variables,
+            batch["image"],
+            train=True,
+            rngs={"dropout": key},
+            mutable=["batch_stats"],
+        )
+        loss = total_loss(outputs, batch["mask"], weights=weights)
+        return loss, (updates, _as_outputs(outputs)[0])
+
+    return loss_fn
+
+
+def apply_gradients(
+    state: TrainState, tx: optax.GradientTransformation, grads, updates: dict
+) -> TrainState:
+    """The state after one optimiser step with ``grads`` and the forward's mutated variables."""
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, param_updates),
+        batch_stats=updates.get("batch_stats", state.batch_stats),
+        opt_state=opt_state,
+    )
 
 
 class BoundKey:

@@ -221,41 +221,24 @@ def make_local_gradient_step(model, tx, *, base_key):
     from jax.sharding import PartitionSpec as P
 
     from ife_jax.train.sharding import make_mesh
-    from ife_jax.train.step import total_loss
+    from ife_jax.train.step import apply_gradients, training_loss
 
     mesh = make_mesh()
-    weights = getattr(model, "output_weights", None)
 
     def train_step(state, batch):
         key = jax.random.fold_in(base_key, state.step)
-
-        def loss_fn(params, batch):
-            variables = {"params": params, "batch_stats": state.batch_stats}
-            outputs, updates = model.apply(
-                variables,
-                batch["image"],
-                train=True,
-                rngs={"dropout": key},
-                mutable=["batch_stats"],
-            )
-            return total_loss(outputs, batch["mask"], weights=weights), updates
-
-        loss, updates = loss_fn(state.params, batch)
+        loss, (updates, _) = training_loss(model, state, batch, key)(state.params)
         local_grad = jax.shard_map(
-            lambda params, batch: jax.grad(lambda p: loss_fn(p, batch)[0])(params),
+            lambda params, batch: jax.grad(lambda p: training_loss(model, state, batch, key)(p)[0])(
+                params
+            ),
             mesh=mesh,
             in_specs=(P(), P("data")),
             out_specs=P(),
             check_vma=False,
         )
         grads = local_grad(state.params, batch)
-        param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, param_updates),
-            batch_stats=updates.get("batch_stats", state.batch_stats),
-            opt_state=opt_state,
-        )
+        new_state = apply_gradients(state, tx, grads, updates)
         return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
