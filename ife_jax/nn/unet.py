@@ -57,36 +57,46 @@ class UNet(nn.Module):
         if len(self.widths) != 5:
             raise ValueError(f"UNet: widths must have 5 entries; got {self.widths!r}.")
         check_input(x, stride=self.stride, name="UNet")
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = x.astype(self.dtype)
+        return unet_body(self, x, train, spatial_dims=2, entropy_mode=self.entropy_mode)
 
-        skips = []
-        for i, width in enumerate(self.widths):
-            if i:
-                x = max_pool(x, 2)
-            x = DoubleConv(width, name=f"down{i + 1}", **kw)(x, train)
-            skips.append(x)
 
-        if self.ife is not None:
-            for level, ratio in ((1, self.ratios[0]), (2, self.ratios[1])):  # c2, c3
-                if ratio == 0:
-                    continue
-                skips[level] = IFE(
-                    criterion=self.ife,
-                    ratio=float(ratio),
-                    order="raw_first",
-                    bins=self.bins,
-                    entropy_mode=self.entropy_mode,
-                    name=f"ife_c{level + 1}",
-                )(skips[level])
+def unet_body(module: nn.Module, x: jax.Array, train: bool, *, spatial_dims: int, **ife_options):
+    """The UNet of ``module`` (its ``widths``, ``ife``, ``ratios``, ``bins``, ``num_classes``,
+    ``dtype``, ``param_dtype``) on 2-D or 3-D inputs, called from its compact ``__call__``: the
+    encoder, IFE on the skips c2 and c3 (none where the ratio is 0; ``ife_options`` go to
+    :class:`IFE`), the decoder and the 1x1 head. ``UNet`` and ``UNet3D`` differ only in
+    ``spatial_dims`` and their IFE options."""
+    n = spatial_dims
+    kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+    x = x.astype(module.dtype)
 
-        x = skips[-1]
-        for j, level in enumerate(range(len(self.widths) - 2, -1, -1)):
-            width = self.widths[level]
-            x = ConvTranspose(
-                width, (2, 2), strides=(2, 2), kernel_init=conv_init, name=f"up{j + 1}", **kw
-            )(x)
-            x = jnp.concatenate([skips[level], x], axis=-1)
-            x = DoubleConv(width, name=f"dec{j + 1}", **kw)(x, train)
+    skips = []
+    for i, width in enumerate(module.widths):
+        if i:
+            x = max_pool(x, 2)
+        x = DoubleConv(width, spatial_dims=n, name=f"down{i + 1}", **kw)(x, train)
+        skips.append(x)
 
-        return Conv(self.num_classes, (1, 1), name="head", **kw)(x)
+    if module.ife is not None:
+        for level, ratio in ((1, module.ratios[0]), (2, module.ratios[1])):  # c2, c3
+            if ratio == 0:
+                continue
+            skips[level] = IFE(
+                criterion=module.ife,
+                ratio=float(ratio),
+                order="raw_first",
+                bins=module.bins,
+                name=f"ife_c{level + 1}",
+                **ife_options,
+            )(skips[level])
+
+    x = skips[-1]
+    for j, level in enumerate(range(len(module.widths) - 2, -1, -1)):
+        width = module.widths[level]
+        x = ConvTranspose(
+            width, (2,) * n, strides=(2,) * n, kernel_init=conv_init, name=f"up{j + 1}", **kw
+        )(x)
+        x = jnp.concatenate([skips[level], x], axis=-1)
+        x = DoubleConv(width, spatial_dims=n, name=f"dec{j + 1}", **kw)(x, train)
+
+    return Conv(module.num_classes, (1,) * n, name="head", **kw)(x)

@@ -6,9 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ife_jax.nn.ife import IFE
-from ife_jax.nn.layers import DoubleConv, Dtype, check_ife, conv_init
-from ife_jax.nn.pool import max_pool
+from ife_jax.nn.layers import Dtype, check_ife
+from ife_jax.nn.unet import unet_body
 
 #: nnU-Net's 3-D widths: 32 doubling per stage, capped at 320.
 NNUNET_3D_WIDTHS = (32, 64, 128, 256, 320, 320)
@@ -41,7 +40,8 @@ class UNet3D(nn.Module):
     Attributes:
       num_classes: logit channels.
       ife: ``None`` (plain 3-D UNet), ``"curvature"`` or ``"entropy"``.
-      ratios: (r0, r1), the fraction of channels IFE appends to c2 and c3.
+      ratios: (r0, r1), the fraction of channels IFE appends to c2 and c3, each in [0, 1]
+        (0: no IFE on that skip).
       widths: the encoder widths, at least 4 stages.
       curvature_mode: ``"volume"`` (the 3x3x3 kernel) or ``"slices"`` (the 2-D kernel per D
         slice, for anisotropic volumes); see :func:`ife_jax.curvature_scores`.
@@ -73,34 +73,4 @@ class UNet3D(nn.Module):
         if len(self.widths) < 4:
             raise ValueError(f"UNet3D: widths must have at least 4 entries; got {self.widths!r}.")
         check_volume_input(x, stride=self.stride, name="UNet3D")
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = x.astype(self.dtype)
-
-        skips = []
-        for i, width in enumerate(self.widths):
-            if i:
-                x = max_pool(x, 2)
-            x = DoubleConv(width, spatial_dims=3, name=f"down{i + 1}", **kw)(x, train)
-            skips.append(x)
-
-        if self.ife is not None:
-            for level, ratio in ((1, self.ratios[0]), (2, self.ratios[1])):  # c2, c3
-                skips[level] = IFE(
-                    criterion=self.ife,
-                    ratio=float(ratio),
-                    order="raw_first",
-                    bins=self.bins,
-                    curvature_mode=self.curvature_mode,
-                    name=f"ife_c{level + 1}",
-                )(skips[level])
-
-        x = skips[-1]
-        for j, level in enumerate(range(len(self.widths) - 2, -1, -1)):
-            width = self.widths[level]
-            x = nn.ConvTranspose(
-                width, (2, 2, 2), strides=(2, 2, 2), kernel_init=conv_init, name=f"up{j + 1}", **kw
-            )(x)
-            x = jnp.concatenate([skips[level], x], axis=-1)
-            x = DoubleConv(width, spatial_dims=3, name=f"dec{j + 1}", **kw)(x, train)
-
-        return nn.Conv(self.num_classes, (1, 1, 1), name="head", **kw)(x)
+        return unet_body(self, x, train, spatial_dims=3, curvature_mode=self.curvature_mode)

@@ -58,6 +58,14 @@ def test_ife_widens_only_the_decoder_convs_fed_by_c2_and_c3(ife, ratios):
     assert got - base == 27 * 128 * extra3 + 27 * 64 * extra2
 
 
+def test_a_ratio_of_0_leaves_that_skip_without_ife():
+    # Only c2 is enhanced: only the decoder conv fed by c2 widens, by 27 * 64 * 32 (half of
+    # c2's 64 channels appended); c3 keeps no IFE module.
+    base = n_params(UNet3D(), (1, 32, 32, 32, 1))
+    model = UNet3D(ife="curvature", ratios=(0.5, 0.0))
+    assert n_params(model, (1, 32, 32, 32, 1)) - base == 27 * 64 * 32
+
+
 def test_output_shape_and_ife_selection():
     model = UNet3D(widths=TINY, ife="curvature", num_classes=2)
     x = jax.random.normal(key(1), (2, 16, 24, 16, 3))
