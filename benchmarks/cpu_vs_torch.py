@@ -35,6 +35,8 @@ from ife_jax.train.step import jit_train_step, make_train_step
 
 try:
     import torch
+    from vs_torch import TorchUNet  # the reference UNet and loss in PyTorch, shared with
+    from vs_torch import structure_loss as torch_structure_loss  # the GPU comparison
 except ImportError:  # the PyTorch columns are skipped
     torch = None
 
@@ -68,57 +70,9 @@ def batch(size: int, batch_size: int) -> dict[str, np.ndarray]:
 # --- PyTorch -------------------------------------------------------------------------------
 
 
-def torch_unet():
-    """The reference UNet in PyTorch: double 3x3 conv (bias) + BN + ReLU, 2x2 transposed convs."""
-    tnn = torch.nn
-
-    def double(cin, cout):
-        return tnn.Sequential(
-            tnn.Conv2d(cin, cout, 3, padding=1),
-            tnn.BatchNorm2d(cout),
-            tnn.ReLU(inplace=True),
-            tnn.Conv2d(cout, cout, 3, padding=1),
-            tnn.BatchNorm2d(cout),
-            tnn.ReLU(inplace=True),
-        )
-
-    class UNet(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            cins = (3,) + WIDTHS[:-1]
-            self.down = tnn.ModuleList(double(i, o) for i, o in zip(cins, WIDTHS, strict=True))
-            self.up = tnn.ModuleList(
-                tnn.ConvTranspose2d(WIDTHS[k + 1], WIDTHS[k], 2, stride=2) for k in (3, 2, 1, 0)
-            )
-            self.dec = tnn.ModuleList(double(2 * WIDTHS[k], WIDTHS[k]) for k in (3, 2, 1, 0))
-            self.head = tnn.Conv2d(WIDTHS[0], 1, 1)
-
-        def forward(self, x):
-            skips = []
-            for i, block in enumerate(self.down):
-                x = block(torch.nn.functional.max_pool2d(x, 2) if i else x)
-                skips.append(x)
-            x = skips.pop()
-            for up, dec in zip(self.up, self.dec, strict=True):
-                x = dec(torch.cat([skips.pop(), up(x)], 1))
-            return self.head(x)
-
-    return UNet()
-
-
-def torch_structure_loss(z, m):
-    f = torch.nn.functional
-    w = 1 + 5 * torch.abs(f.avg_pool2d(m, 31, stride=1, padding=15) - m)
-    bce = f.binary_cross_entropy_with_logits(z, m, reduction="none").mean((1, 2, 3))
-    p = torch.sigmoid(z)
-    inter = (p * m * w).sum((1, 2, 3))
-    union = ((p + m) * w).sum((1, 2, 3))
-    return (bce + 1 - (inter + 1) / (union - inter + 1)).mean()
-
-
 def torch_step_time(data, args) -> float:
     torch.manual_seed(0)
-    model = torch_unet()
+    model = TorchUNet()
     n = sum(p.numel() for p in model.parameters())
     assert n == UNET_PARAMS, f"the PyTorch UNet has {n:,} parameters, not {UNET_PARAMS:,}"
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
