@@ -90,7 +90,7 @@ _noise_silenced = False
 
 
 def _silence_abandoned_reads() -> None:
-    """Keeps stderr readable after a checkpoint failed to load.
+    """Keeps stderr readable when a checkpoint fails to load (installed before reading).
 
     Orbax reads a checkpoint's arrays as concurrent tasks on an event loop that it closes as
     soon as the first read fails. The other reads still finish in TensorStore's threads and try
@@ -182,6 +182,9 @@ class Checkpointer:
         """
         manager = self.best if best else self.recent
         steps = sorted(manager.all_steps(), reverse=True)
+        # Before the first read: a failed read's abandoned reads report from other threads at
+        # once, before the failure reaches this frame.
+        _silence_abandoned_reads()
         for step in steps:
             try:
                 restored = manager.restore(
@@ -193,7 +196,6 @@ class Checkpointer:
                     ),
                 )
             except Exception as err:  # any failure to read means "corrupt"
-                _silence_abandoned_reads()
                 where = Path(manager.directory) / str(step)
                 action = (
                     "skipping it" if self.read_only else f"moving it to {self.workdir / 'corrupt'}"
