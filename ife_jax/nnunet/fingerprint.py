@@ -2,11 +2,17 @@
 
 For every training case: the bounding box of the non-zero voxels (over all channels) is the
 crop; its shape, the voxel spacing and the share of the volume the crop keeps are recorded.
-Per channel, the intensities of the foreground voxels (label > 0) of all cases are pooled and
-summarised by mean, median, std, min, max and the 0.5 / 99.5 percentiles (``numpy`` linear
-interpolation). nnU-Net draws a fixed number of foreground samples per case with replacement
-before summarising; here every foreground voxel is used while the dataset has at most
-``max_voxels`` of them, and a seeded sample without replacement of that many otherwise.
+
+Intensity statistics (:func:`sample_foreground`, :func:`intensity_statistics`; the 2-D planner
+:mod:`ife_jax.nnunet.image_plans` uses the same two): per channel, the foreground voxels
+(label > 0) of each case are sampled, at most a per-case budget of them (all when fewer, else a
+seeded sample without replacement), the samples of all cases are pooled, and mean, median, std,
+min, max and the 0.5 / 99.5 percentiles (``numpy`` linear interpolation) are all read off that
+one pool. This is nnU-Net v2's rule (``DatasetFingerprintExtractor``: a total budget split
+evenly over the cases, every statistic from the pooled sample) except for the draw: nnU-Net
+draws exactly the budget per case *with* replacement (so each case weighs the same), here a
+case with fewer foreground voxels than the budget gives each of them once, so a dataset within
+the budget is summarised exactly.
 """
 
 from __future__ import annotations
@@ -22,16 +28,48 @@ from ife_jax.typed_json import from_json
 
 
 @dataclass(frozen=True)
-class Intensity:
-    """Foreground intensity statistics of one channel."""
+class ChannelIntensity:
+    """Intensity statistics of one channel over the dataset's foreground (the 2-D plan's)."""
 
     mean: float
-    median: float
     std: float
     min: float
     max: float
     percentile_00_5: float
     percentile_99_5: float
+
+
+@dataclass(frozen=True)
+class Intensity(ChannelIntensity):
+    """Foreground intensity statistics of one channel, with the median (the 3-D plan's)."""
+
+    median: float
+
+
+def sample_foreground(values: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``budget`` rows of ``values`` (N, ...): all of them when N <= budget, else a
+    seeded sample without replacement (module docstring)."""
+    if len(values) <= budget:
+        return values
+    return values[rng.choice(len(values), budget, replace=False)]
+
+
+def intensity_statistics(pool: np.ndarray) -> tuple[Intensity, ...]:
+    """Per-channel statistics of pooled foreground samples ``pool`` (N, C) float64, N >= 1."""
+    lo, med, hi = np.percentile(pool, [0.5, 50.0, 99.5], axis=0)
+    mean, std, vmin, vmax = pool.mean(0), pool.std(0), pool.min(0), pool.max(0)
+    return tuple(
+        Intensity(
+            mean=float(mean[c]),
+            median=float(med[c]),
+            std=float(std[c]),
+            min=float(vmin[c]),
+            max=float(vmax[c]),
+            percentile_00_5=float(lo[c]),
+            percentile_99_5=float(hi[c]),
+        )
+        for c in range(pool.shape[1])
+    )
 
 
 @dataclass(frozen=True)
@@ -77,12 +115,13 @@ def compute_fingerprint(
     max_voxels: int = 10_000_000,
     seed: int = 1234,
 ) -> Fingerprint:
-    """Fingerprint of labelled cases (see the module docstring).
+    """Fingerprint of labelled cases (see the module docstring; ``max_voxels`` is the
+    intensity-sample budget of the whole dataset, split evenly over the cases).
 
     Raises:
       ValueError: if there are no cases.
     """
-    spacings, shapes, relative, per_channel = [], [], [], []
+    spacings, shapes, relative, foreground = [], [], [], []
     for vol in volumes:
         box = nonzero_bbox(vol.image)
         crop = vol.image[(slice(None), *box)]
@@ -90,34 +129,18 @@ def compute_fingerprint(
         spacings.append(tuple(float(s) for s in vol.spacing))
         shapes.append(tuple(int(n) for n in crop.shape[1:]))
         relative.append(crop[0].size / vol.image[0].size)
-        fg = label > 0
-        per_channel.append([c[fg].astype(np.float64) for c in crop])
+        foreground.append(crop[:, label > 0].T.astype(np.float64))  # (voxels, C)
     if not spacings:
         raise ValueError("compute_fingerprint got no cases.")
     rng = np.random.default_rng(seed)
-    intensity = []
-    for c in range(len(channel_names)):
-        values = np.concatenate([case[c] for case in per_channel])
-        if values.size == 0:
-            values = np.zeros(1)
-        if values.size > max_voxels:
-            values = rng.choice(values, max_voxels, replace=False)
-        lo, med, hi = np.percentile(values, [0.5, 50.0, 99.5])
-        intensity.append(
-            Intensity(
-                mean=float(values.mean()),
-                median=float(med),
-                std=float(values.std()),
-                min=float(values.min()),
-                max=float(values.max()),
-                percentile_00_5=float(lo),
-                percentile_99_5=float(hi),
-            )
-        )
+    budget = max(1, max_voxels // len(foreground))
+    pool = np.concatenate([sample_foreground(v, budget, rng) for v in foreground])
+    if len(pool) == 0:
+        pool = np.zeros((1, len(channel_names)))
     return Fingerprint(
         spacings=tuple(spacings),
         shapes_after_crop=tuple(shapes),
         median_relative_size_after_cropping=float(np.median(relative)),
-        intensity=tuple(intensity),
+        intensity=intensity_statistics(pool),
         channel_names=tuple(channel_names),
     )

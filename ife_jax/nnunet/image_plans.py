@@ -11,8 +11,8 @@ with unit pixel spacing (PNG slices):
    NumPy pairs, e.g. :func:`folder_pairs` or a TFDS data source): number of images, median /
    min / max image size, channels, the foreground fraction (mean over images of the share of
    mask pixels > 0.5) and per-channel intensity statistics of the **foreground** pixels (mean,
-   std exactly; min, max and the 0.5 / 99.5 percentiles from a seeded sample of at most
-   ``samples_per_image`` pixels per image).
+   std, min, max and the 0.5 / 99.5 percentiles of a seeded sample of at most
+   ``samples_per_image`` pixels per image: the rule of :mod:`ife_jax.nnunet.fingerprint`).
 2. **Patch size**: the median image size (nnU-Net starts from a 2048^2 patch and clips it to
    the median shape, which is the median shape for any realistic 2-D data).
 3. **Pooling**: along each axis, halve while the feature map is at least
@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ife_jax.nnunet.fingerprint import ChannelIntensity, intensity_statistics, sample_foreground
 from ife_jax.typed_json import from_json
 
 PLAN_VERSION = 1
@@ -68,18 +69,6 @@ NORMALIZATIONS = ("zscore", "ct", "rgb_to_0_1", "none")
 #: nnU-Net's reference point: the 512 x 512 2-D network trains with this batch in this memory.
 REFERENCE_BATCH = 12
 REFERENCE_MEMORY_GB = 8.0
-
-
-@dataclass(frozen=True)
-class ChannelIntensity:
-    """Intensity statistics of one channel over the dataset's foreground pixels."""
-
-    mean: float
-    std: float
-    min: float
-    max: float
-    percentile_00_5: float
-    percentile_99_5: float
 
 
 @dataclass(frozen=True)
@@ -253,7 +242,7 @@ def compute_fingerprint(
     Args:
       pairs: iterable of ``image`` (H, W) or (H, W, C) and ``mask`` (H, W) or (H, W, 1);
         masks are 0/1 floats or 0/255 integers (foreground: > 0.5 after scaling to [0, 1]).
-      samples_per_image: foreground pixels sampled per image for the percentiles, min and max.
+      samples_per_image: foreground pixels sampled per image for the intensity statistics.
       seed: seed of that sample.
 
     Returns:
@@ -266,12 +255,8 @@ def compute_fingerprint(
     rng = np.random.default_rng(seed)
     shapes, fractions = [], []
     channels = None
-    sums = sumsq = None
-    count = 0
-    samples: list[np.ndarray] = []
-    all_sums = all_sumsq = None
-    all_count = 0
-    all_samples: list[np.ndarray] = []
+    samples: list[np.ndarray] = []  # foreground samples, or all pixels' while none is seen
+    any_foreground = False
     for i, (image, mask) in enumerate(pairs):
         img = np.asarray(image)
         if img.ndim == 2:
@@ -283,44 +268,24 @@ def compute_fingerprint(
             raise ValueError(f"pair {i}: image {img.shape[:2]} and mask {fg.shape} differ in size.")
         if channels is None:
             channels = img.shape[2]
-            sums, sumsq = np.zeros(channels), np.zeros(channels)
-            all_sums, all_sumsq = np.zeros(channels), np.zeros(channels)
         elif img.shape[2] != channels:
             raise ValueError(f"image {i} has {img.shape[2]} channels; earlier ones had {channels}.")
         shapes.append(img.shape[:2])
         fractions.append(float(fg.mean()))
         flat = img.reshape(-1, channels).astype(np.float64)
-        fgv = flat[fg.reshape(-1)]
-        sums += fgv.sum(0)
-        sumsq += (fgv**2).sum(0)
-        count += len(fgv)
-        if len(fgv):
-            take = min(samples_per_image, len(fgv))
-            samples.append(fgv[rng.choice(len(fgv), take, replace=False)])
-        if count == 0:  # only kept until some foreground is seen
-            all_sums += flat.sum(0)
-            all_sumsq += (flat**2).sum(0)
-            all_count += len(flat)
-            take = min(samples_per_image, len(flat))
-            all_samples.append(flat[rng.choice(len(flat), take, replace=False)])
+        if fg.any():
+            if not any_foreground:
+                samples, any_foreground = [], True
+            samples.append(sample_foreground(flat[fg.reshape(-1)], samples_per_image, rng))
+        elif not any_foreground:
+            samples.append(sample_foreground(flat, samples_per_image, rng))
     if channels is None:
         raise ValueError("compute_fingerprint got no (image, mask) pairs.")
-    if count == 0:
-        sums, sumsq, count, samples = all_sums, all_sumsq, all_count, all_samples
-    mean = sums / count
-    std = np.sqrt(np.maximum(sumsq / count - mean**2, 0.0))
-    sample = np.concatenate(samples, 0)
-    lo, hi = np.percentile(sample, [0.5, 99.5], axis=0)
     intensity = tuple(
         ChannelIntensity(
-            mean=float(mean[c]),
-            std=float(std[c]),
-            min=float(sample[:, c].min()),
-            max=float(sample[:, c].max()),
-            percentile_00_5=float(lo[c]),
-            percentile_99_5=float(hi[c]),
+            **{f.name: getattr(it, f.name) for f in dataclasses.fields(ChannelIntensity)}
         )
-        for c in range(channels)
+        for it in intensity_statistics(np.concatenate(samples, 0))
     )
     arr = np.asarray(shapes)
     return Fingerprint(
