@@ -2,14 +2,13 @@
 a finished run resumes to nothing; 2-D with IFE lowers the loss and resumes bit-exactly after
 SIGKILL."""
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _subprocess import sigkill_when_hanging
 
 from ife_jax.nnunet import preprocessing
 
@@ -70,18 +69,9 @@ def test_tiny_2d_training_with_ife_resumes_bit_exactly_after_sigkill(tmp_path, t
     # Killed after epoch 1 ran, before it was checkpointed: resumes from the epoch-0 checkpoint.
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(HERE / "nnunet_tinyrun.py"), str(pp), str(killed)]
-    proc = subprocess.Popen(
-        [*cmd, "--dump", str(tmp_path / "unused.npz"), "--hang-at", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    sigkill_when_hanging(
+        [*cmd, "--dump", str(tmp_path / "unused.npz"), "--hang-at", "1"], env, killed, LIMIT
     )
-    deadline = time.time() + LIMIT
-    while not (killed / "hanging").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     out = _run(env, pp, killed, tmp_path / "killed.npz")
     assert "resumed at epoch 1" in out
     got = dict(np.load(tmp_path / "killed.npz"))

@@ -4,15 +4,14 @@ process): checkpoints and logs, resume after SIGKILL, a corrupt checkpoint, 1 vs
 
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _subprocess import sigkill_when_hanging
 
 HERE = Path(__file__).parent
 # 16 examples at batch 4: 4 steps per epoch; 2 epochs; a checkpoint every 2 steps.
@@ -129,18 +128,7 @@ def test_checkpoints_resume_after_sigkill_and_corrupt_checkpoint(tmp_path, train
 
     # Killed with SIGKILL in epoch 2, after step 5 ran but before it was checkpointed.
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _cmd(killed, "--hang-at", "5"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + LIMIT
-    while not (killed / "hanging").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_when_hanging(_cmd(killed, "--hang-at", "5"), env, killed, LIMIT)
     steps = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] <= 4
     out = _run(env, killed, "--dump", str(tmp_path / "killed.npz"))
