@@ -128,26 +128,22 @@ class IFELayer(keras.layers.Layer):
             )
         return num_selected(c, self.ratio)
 
-    def call(self, inputs):
-        if self.implementation == "ops" or keras.backend.backend() != "jax":
-            return keras_ife.enhance(
-                inputs,
-                criterion=self.criterion,
-                ratio=self.ratio,
-                order=self.order,
-                bins=self.bins,
-                entropy_mode=self.entropy_mode,
-                curvature_mode=self.curvature_mode,
-            )
-        return enhance(
-            inputs,
+    def _enhance_options(self) -> dict:
+        """The keyword arguments both enhance implementations take."""
+        return dict(
             criterion=self.criterion,
             ratio=self.ratio,
             order=self.order,
             bins=self.bins,
             entropy_mode=self.entropy_mode,
-            memory_budget_bytes=self.memory_budget_bytes,
             curvature_mode=self.curvature_mode,
+        )
+
+    def call(self, inputs):
+        if self.implementation == "ops" or keras.backend.backend() != "jax":
+            return keras_ife.enhance(inputs, **self._enhance_options())
+        return enhance(
+            inputs, memory_budget_bytes=self.memory_budget_bytes, **self._enhance_options()
         )
 
     def compute_output_shape(self, input_shape):
@@ -158,14 +154,9 @@ class IFELayer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            criterion=self.criterion,
-            ratio=self.ratio,
-            order=self.order,
-            bins=self.bins,
-            entropy_mode=self.entropy_mode,
+            self._enhance_options(),
             memory_budget_bytes=self.memory_budget_bytes,
             implementation=self.implementation,
-            curvature_mode=self.curvature_mode,
         )
         return config
 
