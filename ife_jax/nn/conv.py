@@ -45,19 +45,11 @@ def _explicit_padding(padding, x_shape, k_shape, dilation) -> tuple[tuple[int, i
 
 
 def _fast_path_args(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
+    lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers
 ):
-    """(padding, dilation) when the custom kernel gradient applies, else None."""
-    if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1:
-        return None
-    if dimension_numbers is None:
+    """(padding, dilation) when the custom kernel gradient applies to a convolution of one
+    feature and batch group, else None."""
+    if lhs.ndim != 4 or rhs.ndim != 4 or dimension_numbers is None:
         return None
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     if dn != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC):
@@ -94,34 +86,17 @@ def conv_general_dilated(
     Args: as ``lax.conv_general_dilated``; lhs: (B, H, W, Cin), rhs: (kh, kw, Cin, Cout).
     Returns: (B, H', W', Cout).
     """
-    fast = _fast_path_args(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-    )
+    args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
+    fast = None
     if (
-        fast is None
-        or batch_group_count != 1
-        or preferred_element_type is not None
-        or lhs.dtype != rhs.dtype
+        feature_group_count == batch_group_count == 1
+        and preferred_element_type is None
+        and lhs.dtype == rhs.dtype
     ):
+        fast = _fast_path_args(*args)
+    if fast is None:
         return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            batch_group_count,
-            precision,
-            preferred_element_type,
+            *args, feature_group_count, batch_group_count, precision, preferred_element_type
         )
     pads, dilation = fast
     return _conv(lhs, rhs, pads, dilation, precision)
