@@ -232,7 +232,8 @@ def _demo(args) -> int:
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """The flags that make a ``TrainConfig`` (``train`` and ``compare``)."""
+    """The flags of a training run (``train`` and ``compare``): those that make a
+    ``TrainConfig``, and ``--no-progress``."""
     p.add_argument(
         "--preset",
         help="unet, deeplabv3plus, sinetv2, nnunet, each also as NAME+c or NAME+e (Table 1's "
@@ -268,6 +269,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         help="start the backbone from this state dict (.safetensors, .npz or .pth): "
         "torchvision ResNet-50/101 for deeplabv3plus, Res2Net-50 v1b for sinetv2",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _nnunet(args) -> int:
@@ -396,7 +398,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, figures)")
     _add_config_flags(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
     p = add(
@@ -417,7 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="runs per variant (default 3)")
     p.add_argument("--output", required=True, help="folder of the runs and the report")
     _add_config_flags(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_compare)
 
     p = add(
