@@ -2,6 +2,7 @@
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,3 +18,16 @@ def sigkill_when_hanging(cmd: list[str], env: dict, workdir: Path, limit: float)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def run_cli(argv: list[str], env: dict, timeout: float = 400) -> subprocess.CompletedProcess:
+    """``python -m ife_jax.cli ARGV`` in a subprocess; fails with its stderr unless it exits 0."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ife_jax.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out

@@ -64,16 +64,6 @@ def iter_predictions(
             yield input_lib.invert_eval_transform(prob[..., 0], meta)
 
 
-def predict_images(
-    eval_step: Callable,
-    variables,
-    images: Iterable[np.ndarray],
-    *,
-    size: int,
-    batch_size: int,
-    mesh: Mesh,
-) -> list[np.ndarray]:
+def predict_images(*args, **kwargs) -> list[np.ndarray]:
     """The maps of :func:`iter_predictions` as a list (same arguments)."""
-    return list(
-        iter_predictions(eval_step, variables, images, size=size, batch_size=batch_size, mesh=mesh)
-    )
+    return list(iter_predictions(*args, **kwargs))

@@ -28,11 +28,11 @@ def slow_boundary(m):
     return out
 
 
-def oracle(p, g, spacing):
-    """Directed distance sets by all pairs of boundary pixels."""
+def oracle(p, g, spacing, boundary=slow_boundary):
+    """Directed distance sets by all pairs of boundary pixels (of ``boundary``)."""
     s = np.asarray(spacing, float)
-    bp = np.argwhere(slow_boundary(p)) * s
-    bg = np.argwhere(slow_boundary(g)) * s
+    bp = np.argwhere(boundary(p)) * s
+    bg = np.argwhere(boundary(g)) * s
     d = np.sqrt(((bp[:, None, :] - bg[None, :, :]) ** 2).sum(-1))
     return d.min(axis=1), d.min(axis=0)
 
@@ -154,11 +154,7 @@ def slow_boundary_3d(m):
 
 
 def oracle_3d(p, g, spacing):
-    s = np.asarray(spacing, float)
-    bp = np.argwhere(slow_boundary_3d(p)) * s
-    bg = np.argwhere(slow_boundary_3d(g)) * s
-    d = np.sqrt(((bp[:, None, :] - bg[None, :, :]) ** 2).sum(-1))
-    return d.min(axis=1), d.min(axis=0)
+    return oracle(p, g, spacing, slow_boundary_3d)
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 0.8, 0.8), (0.5, 2.0, 1.3)])

@@ -4,42 +4,29 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from _models import abstract_variables, adam_step, count, key
+from _models import random_variables as _random_variables
 
 from ife_jax import curvature_scores
-from ife_jax.losses import structure_loss
 from ife_jax.nn import DeepLabV3Plus, ResNet, enhanced_channels
 
 TINY = dict(base_width=4, aspp_features=8, low_level_features=8, decoder_features=8)
 
 
-def key(i=0):
-    return jax.random.key(i, impl="rbg")
-
-
-def abstract_variables(model, shape):
-    return jax.eval_shape(model.init, key(), jax.ShapeDtypeStruct(shape, jnp.float32))
-
-
 def n_params(model, shape=(1, 64, 64, 3)):
-    v = abstract_variables(model, shape)
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(v["params"]))
+    return count(abstract_variables(model, shape)["params"])
 
 
-def random_variables(model, shape, seed=0):
-    rng = np.random.default_rng(seed)
+def random_variables(model, shape):
+    """Random normalisation statistics and biases, so that train and eval modes differ."""
 
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
+    def other(name, leaf, rng):
         if name in ("mean", "bias"):
             return jnp.asarray(rng.normal(0, 0.1, leaf.shape), leaf.dtype)
         return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
 
-    return jax.tree_util.tree_map_with_path(fill, abstract_variables(model, shape))
+    return _random_variables(model, shape, other)
 
 
 def test_backbones_match_torchvision_counts():
@@ -153,23 +140,8 @@ def test_low_level_only_ife_trains_one_step():
     mask = ((yy - 30) ** 2 + (xx - 34) ** 2 < 200).astype(np.float32)
     masks = jnp.asarray(np.broadcast_to(mask[None, :, :, None], (2, 64, 64, 1)))
     variables = random_variables(model, x.shape)
-    tx = optax.adam(1e-2)
-    params, stats = variables["params"], variables["batch_stats"]
-
-    @jax.jit
-    def step(params, opt):
-        def loss_fn(p):
-            logits, inter = model.apply(
-                {"params": p, "batch_stats": stats}, x, train=True, rngs={"dropout": key(4)},
-                mutable=["batch_stats", "intermediates"], capture_intermediates=True,
-            )  # fmt: skip
-            return structure_loss(logits, masks), inter["intermediates"]
-
-        (loss, inter), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), opt, loss, inter
-
-    new, opt, loss0, inter = step(params, tx.init(params))
+    step, opt = adam_step(model, variables, x, masks, rngs={"dropout": key(4)})
+    new, opt, loss0, inter = step(variables["params"], opt)
     assert "ife_low" in inter and "ife_aspp" not in inter
     assert inter["ife_low"]["__call__"][0].shape == (2, 16, 16, 8 + 6)
     _, _, loss1, _ = step(new, opt)

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _models import count as _count
+from _models import random_variables
 from PIL import Image
 
 from ife_jax.losses import structure_loss
@@ -204,10 +206,6 @@ def _expected_params(plan, ratios):
     return total
 
 
-def _count(tree):
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
 @pytest.mark.parametrize("ife", [None, "entropy"])
 def test_network_matches_the_plan(ife):
     plan = plan_from_fingerprint(_fp((1024, 768), 500, channels=3))
@@ -255,22 +253,6 @@ def test_deep_supervision_weights():
     assert deep_supervision_weights(8, deep_supervision=False) == (1.0,)
 
 
-def _random_params(model, x, seed=0):
-    """Parameters with the model's structure, filled by NumPy (no compiled init, fast on CPU)."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        if path[-1].key == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
-        if path[-1].key == "scale":
-            return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.zeros(leaf.shape, leaf.dtype)
-
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x))["params"]
-    return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
 def test_one_train_step_reduces_the_loss():
     plan = NNUNetPlan(
         patch_size=(32, 32),
@@ -286,7 +268,7 @@ def test_one_train_step_reduces_the_loss():
     yy, xx = np.mgrid[:32, :32]
     m = ((yy - 14) ** 2 + (xx - 17) ** 2 < 8**2).astype(np.float32)
     masks = jnp.asarray(np.stack([m, m.T])[..., None])
-    params = _random_params(model, x)
+    params = random_variables(model, x.shape)["params"]
     tx = optax.adam(1e-3)
 
     def loss_fn(params, x, masks):

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _models import abstract_variables, random_variables
+from _models import count as _count
 
 from ife_jax.losses import structure_loss
 from ife_jax.nn import IFE, Res2Net, SINetV2
@@ -20,28 +22,17 @@ from ife_jax.nn.sinetv2 import GRA
 TINY = dict(blocks=(1, 1, 1, 1), planes=8)
 
 
-def _count(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
 def _abstract(model, shape=(1, 96, 96, 3)):
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+    return abstract_variables(model, shape)
 
 
 def _random_variables(model, shape, seed=0):
-    """Variables with the model's structure, filled by NumPy (no compiled init, fast on CPU)."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
+    def other(name, leaf, rng):
         if name in ("scale", "var"):
             return jnp.ones(leaf.shape, leaf.dtype)
         return jnp.asarray(rng.normal(0, 0.01, leaf.shape), leaf.dtype)
 
-    return jax.tree_util.tree_map_with_path(fill, _abstract(model, shape))
+    return random_variables(model, shape, other, seed=seed)
 
 
 def test_parameter_counts_full_size():

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _models import adam_step, key, n_params, random_variables
 
 import ife_jax.nn.ife
 from ife_jax import curvature_scores
@@ -12,31 +13,6 @@ from ife_jax.losses import structure_loss
 from ife_jax.nn import IFE, UNet, enhanced_channels
 
 TINY = (4, 8, 16, 32, 64)
-
-
-def key(i=0):
-    # rbg keys compile far faster than the default threefry ones on CPU.
-    return jax.random.key(i, impl="rbg")
-
-
-def random_variables(model, shape, seed=0):
-    """Variables with He-normal kernels, built in NumPy: avoids compiling ``init``."""
-    abstract = jax.eval_shape(model.init, key(), jax.ShapeDtypeStruct(shape, jnp.float32))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
-        return jnp.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
-def n_params(model, shape):
-    v = jax.eval_shape(model.init, key(), jax.ShapeDtypeStruct(shape, jnp.float32))
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(v["params"]))
 
 
 def test_reference_parameter_count():
@@ -171,24 +147,8 @@ def test_c2_only_ife_trains_one_step():
     mask = ((yy - 16) ** 2 + (xx - 14) ** 2 < 64).astype(np.float32)
     masks = jnp.asarray(np.broadcast_to(mask[None, :, :, None], (2, 32, 32, 1)))
     variables = random_variables(model, x.shape)
-    stats = variables["batch_stats"]
-    tx = optax.adam(1e-2)
-
-    @jax.jit
-    def step(params, opt):
-        def loss_fn(p):
-            logits, inter = model.apply(
-                {"params": p, "batch_stats": stats}, x, train=True,
-                mutable=["batch_stats", "intermediates"], capture_intermediates=True,
-            )  # fmt: skip
-            return structure_loss(logits, masks), inter["intermediates"]
-
-        (loss, inter), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), opt, loss, inter
-
-    params = variables["params"]
-    new, opt, loss0, inter = step(params, tx.init(params))
+    step, opt = adam_step(model, variables, x, masks)
+    new, opt, loss0, inter = step(variables["params"], opt)
     assert "ife_c2" in inter and "ife_c3" not in inter
     assert inter["ife_c2"]["__call__"][0].shape == (2, 16, 16, 8 + 4)
     assert new["dec3"]["block0"]["conv"]["kernel"].shape == (3, 3, 8 * 2 + 4, 8)

@@ -5,10 +5,10 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _models import key, n_params
 
 from ife_jax import curvature_scores
 from ife_jax.nn import UNet3D, enhanced_channels
@@ -18,15 +18,6 @@ from ife_jax.train.step import jit_train_step, make_train_step
 
 TINY = (2, 4, 8, 8)  # stride 8
 SHAPE = (2, 16, 16, 16, 1)
-
-
-def key(i=0):
-    return jax.random.key(i, impl="rbg")
-
-
-def n_params(model, shape):
-    v = jax.eval_shape(model.init, key(), jax.ShapeDtypeStruct(shape, jnp.float32))
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(v["params"]))
 
 
 def double_conv(cin, w):

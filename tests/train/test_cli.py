@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from _subprocess import run_cli
 from PIL import Image
 
 from ife_jax.cli import main
@@ -76,14 +77,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys, train_env):
         *("--max-train-examples 16 --epochs 2 --no-progress").split(),
         *("--data-dir", data, "--workdir", run),
     ]
-    out = subprocess.run(
-        [sys.executable, "-m", "ife_jax.cli", *train],
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_cli(train, train_env())
     assert "done: 8 steps" in out.stdout
     assert (tmp_path / "run" / "best").is_dir() and (tmp_path / "run" / "curves.png").exists()
 

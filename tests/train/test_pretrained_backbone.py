@@ -2,12 +2,11 @@
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from _subprocess import run_cli
 
 from ife_jax.cli import main
 from ife_jax.nn import Res2Net, ResNet, res2net_to_state_dict, resnet_to_state_dict
@@ -133,14 +132,7 @@ def test_a_run_records_the_file_and_its_sha256(tmp_path, tiny_data, train_env):
     run = tmp_path / "run"
     argv = ["train", "--config", deeplab_config(tmp_path, tiny_data), "--workdir", str(run),
             "--pretrained-backbone", path, "--no-progress"]  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, "-m", "ife_jax.cli", *argv],
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_cli(argv, train_env())
     assert f"with the backbone of {path}" in out.stdout
     saved = json.loads((run / "config.json").read_text())
     with open(path, "rb") as f:

@@ -154,31 +154,6 @@ def array_inputs(
     return train, blob_examples(config.max_eval_examples or 4, seed=1)
 
 
-class _Poisoned:
-    """Wraps a training input so that batch ``nan_at`` (0-based) holds a NaN image, and so that
-    fetching batch ``hang_at`` touches ``marker`` and blocks (until the process is killed)."""
-
-    def __init__(self, inner, nan_at, hang_at=None, marker=None):
-        self.inner, self.at, self.hang_at, self.marker = inner, nan_at, hang_at, marker
-        self.steps_per_epoch = inner.steps_per_epoch
-
-    def get_state(self):
-        return self.inner.get_state()
-
-    def set_state(self, state):
-        self.inner.set_state(state)
-
-    def __next__(self):
-        index = self.inner.get_state()["step"]
-        if index == self.hang_at:
-            Path(self.marker).touch()
-            time.sleep(600)
-        batch = next(self.inner)
-        if index == self.at:
-            batch["image"][0, 0, 0, 0] = np.nan
-        return batch
-
-
 def _reverse_rows(batch):
     """The batch's rows in reverse order: the same training, every batch sum in another order."""
     return {k: v[::-1].copy() for k, v in batch.items()}
@@ -210,6 +185,25 @@ class _EditedRows:
 
     def __next__(self):
         return self.edit(next(self.inner))
+
+
+class _Poisoned(_EditedRows):
+    """Wraps a training input so that batch ``nan_at`` (0-based) holds a NaN image, and so that
+    fetching batch ``hang_at`` touches ``marker`` and blocks (until the process is killed)."""
+
+    def __init__(self, inner, nan_at, hang_at=None, marker=None):
+        super().__init__(inner, edit=None)  # __next__ below replaces the edit
+        self.at, self.hang_at, self.marker = nan_at, hang_at, marker
+
+    def __next__(self):
+        index = self.inner.get_state()["step"]
+        if index == self.hang_at:
+            Path(self.marker).touch()
+            time.sleep(600)
+        batch = next(self.inner)
+        if index == self.at:
+            batch["image"][0, 0, 0, 0] = np.nan
+        return batch
 
 
 def make_local_gradient_step(model, tx, *, base_key):
