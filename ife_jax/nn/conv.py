@@ -33,7 +33,7 @@ from jax import lax
 PATCH_BLOCK_BYTES = 4 * 2**20
 
 #: Gradients of at most this many output pixels (B * H' * W') take one block: at UNet's 14^2
-#: bottleneck, blocks of a few rows make products too short to run fast (1.3-1.6x slower).
+#: bottleneck, blocks of a few rows make products too short to run fast (1.4-2.3x slower).
 ONE_BLOCK_PIXELS = 1024
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -248,8 +248,9 @@ def im2col_kernel_grad(
 
 #: The CPU input gradient is a matrix product and a col2im where the output-gradient maps have at
 #: most this many pixels per image and both channel counts are at least COL2IM_MIN_CHANNELS
-#: (UNet's 14^2 bottleneck, ResNet's layer4 at 224^2 inputs): XLA:CPU's own input gradient runs
-#: 1.3-2x slower than the matrix product there, and is as fast or faster at larger maps.
+#: (UNet's 14^2 bottleneck; ResNet's last stage at output stride 16): XLA:CPU's own input
+#: gradient runs 1.3-2.4x slower than the matrix product there, and is as fast or faster from
+#: 28^2 up (the col2im's sums then cost more than the product saves).
 COL2IM_MAX_PIXELS = 20 * 20
 COL2IM_MIN_CHANNELS = 256
 
