@@ -1,9 +1,10 @@
 """Which kernels the compiled UNet gradient uses: cuDNN on GPU, the im2col kernel gradient on CPU.
 
-``ife_jax.nn.conv`` picks the kernel gradient with ``lax.platform_dependent``: XLA's own
-convolution (cuDNN's ``convBackwardFilter`` on GPU) everywhere but on CPU. This script compiles
-the gradient of a small UNet's loss on the default backend and counts the convolutions in the
-optimised HLO; it exits non-zero when the expected kernels are missing.
+``ife_jax.nn.conv`` picks the kernel gradient, and at small maps with many channels the input
+gradient, with ``lax.platform_dependent``: XLA's own convolutions (cuDNN's
+``convBackwardFilter`` and ``convBackwardInput`` on GPU) everywhere but on CPU. This script
+compiles the gradient of a small UNet's loss on the default backend and counts the
+convolutions in the optimised HLO; it exits non-zero when the expected kernels are missing.
 
     python benchmarks/conv_backend_check.py          # in benchmarks/gpu_check.sh on a GPU
 """
@@ -24,7 +25,8 @@ N_3X3 = 18
 
 
 def compiled_gradient_hlo() -> str:
-    model = UNet(widths=(4, 8, 16, 32, 64))
+    # The 256 -> 256 conv of the 2 x 2 bottleneck takes the CPU col2im input gradient.
+    model = UNet(widths=(16, 32, 64, 128, 256))
     x = jnp.ones((2, 32, 32, 3))
     m = jnp.ones((2, 32, 32, 1))
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
@@ -53,6 +55,13 @@ def main() -> int:
             print(
                 f"FAIL: expected at least {N_3X3} cuDNN kernel-gradient calls (one per 3x3 "
                 "conv); the CPU im2col path may have leaked into the GPU program."
+            )
+        # Every 3x3 conv but the first (whose input, the image, needs no gradient).
+        if counts["BackwardInput"] < N_3X3 - 1:
+            ok = False
+            print(
+                f"FAIL: expected at least {N_3X3 - 1} cuDNN input-gradient calls; the CPU "
+                "col2im path may have leaked into the GPU program."
             )
     else:
         n = len(re.findall(r" convolution\(", hlo))

@@ -4,11 +4,13 @@ Two changes against ``flax.linen``'s defaults, both with the same parameters:
 
 - :func:`conv_general_dilated` is a drop-in for ``lax.conv_general_dilated`` (:class:`Conv` is
   ``nn.Conv`` calling it). For 2-D NHWC stride-1 convolutions it is a
-  ``jax.custom_vjp`` whose forward and input gradient are XLA's own (bit for bit), and whose
-  kernel gradient on CPU is a blocked im2col: a loop over blocks of output rows that builds a
-  few MB of patches at a time and accumulates ``patches^T @ grad`` in float32. XLA:CPU's own
-  kernel gradient is about 4x slower than its forward at UNet's shapes and barely uses a
-  second core. On every other platform the kernel gradient is XLA's (``lax.platform_dependent``).
+  ``jax.custom_vjp`` whose forward is XLA's own (bit for bit), and whose kernel gradient on
+  CPU is a blocked im2col: a loop over blocks of output rows that builds a few MB of patches
+  at a time and accumulates ``patches^T @ grad`` in float32. XLA:CPU's own kernel gradient is
+  about 4x slower than its forward at UNet's shapes and barely uses a second core. The input
+  gradient is XLA's own, except on CPU at small maps with many channels (UNet's 14^2
+  bottleneck), where it is one matrix product and a col2im (:func:`col2im_input_grad`). On
+  every other platform both gradients are XLA's (``lax.platform_dependent``).
 - :class:`ConvTranspose` computes a transposed convolution whose kernel equals its stride
   (UNet's and nnU-Net's 2x2/stride-2 upsampling) as one matrix product followed by a reshape
   that interleaves the outputs, instead of a convolution over a zero-dilated input.
@@ -29,6 +31,10 @@ from jax import lax
 #: Bytes of im2col patches built per block of the CPU kernel gradient. A few MB keep the
 #: patches in the last-level cache while the matrix product is still large enough to thread.
 PATCH_BLOCK_BYTES = 4 * 2**20
+
+#: Gradients of at most this many output pixels (B * H' * W') take one block: at UNet's 14^2
+#: bottleneck, blocks of a few rows make products too short to run fast (1.4-2.3x slower).
+ONE_BLOCK_PIXELS = 1024
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -119,8 +125,21 @@ def _conv_fwd(x, w, pads, dilation, precision):
 
 def _conv_bwd(pads, dilation, precision, res, g):
     x, w = res
-    _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, w, pads, dilation, precision), x)
-    (dx,) = input_vjp(g)
+
+    def xla_input_grad(g, w):
+        _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, w, pads, dilation, precision), x)
+        return input_vjp(g)[0]
+
+    def cpu_input_grad(g, w):
+        dx = col2im_input_grad(
+            g, w, x.shape[1:3], pads=pads, dilation=dilation, precision=precision
+        )
+        return dx.astype(x.dtype)
+
+    if col2im_input_grad_is_faster(g.shape, w.shape):
+        dx = lax.platform_dependent(g, w, cpu=cpu_input_grad, default=xla_input_grad)
+    else:
+        dx = xla_input_grad(g, w)
 
     def xla_kernel_grad(x, g):
         _, kernel_vjp = jax.vjp(lambda w_: _xla_conv(x, w_, pads, dilation, precision), w)
@@ -144,6 +163,7 @@ def im2col_kernel_grad(
     pads: tuple[tuple[int, int], tuple[int, int]],
     dilation: tuple[int, int] = (1, 1),
     block_bytes: int = PATCH_BLOCK_BYTES,
+    one_block_pixels: int = ONE_BLOCK_PIXELS,
 ) -> jax.Array:
     """Kernel gradient of a stride-1 convolution, ``dW[i, j] = sum xp[b, y+d*i, x+d*j] g[b, y, x]``.
 
@@ -158,6 +178,7 @@ def im2col_kernel_grad(
       pads: ((top, bottom), (left, right)) non-negative zero padding of ``x``.
       dilation: kernel dilation (dh, dw).
       block_bytes: bytes of patches per block.
+      one_block_pixels: gradients of at most this many pixels (B * H' * W') are one block.
     Returns:
       (kh, kw, Cin, Cout) float32.
     """
@@ -166,7 +187,10 @@ def im2col_kernel_grad(
     _, ho, wo, cout = g.shape
     taps = kh * kw * cin
     row_bytes = b * wo * taps * jnp.dtype(x.dtype).itemsize
-    rows = int(min(ho, max(1, block_bytes // row_bytes)))
+    if b * ho * wo <= one_block_pixels:
+        rows = ho
+    else:
+        rows = int(min(ho, max(1, block_bytes // row_bytes)))
     blocks = math.ceil(ho / rows)
     extra = blocks * rows - ho  # zero gradient rows: they add nothing
     xp = jnp.pad(x, ((0, 0), (pads[0][0], pads[0][1] + extra), pads[1], (0, 0)))
@@ -195,6 +219,74 @@ def im2col_kernel_grad(
     acc = jnp.zeros((cout, taps), jnp.float32)
     acc = block(0, acc) if blocks == 1 else lax.fori_loop(0, blocks, block, acc)
     return acc.T.reshape(kh, kw, cin, cout)
+
+
+#: The CPU input gradient is a matrix product and a col2im where the output-gradient maps have at
+#: most this many pixels per image and both channel counts are at least COL2IM_MIN_CHANNELS
+#: (UNet's 14^2 bottleneck; ResNet's last stage at output stride 16): XLA:CPU's own input
+#: gradient runs 1.3-2.4x slower than the matrix product there, and is as fast or faster from
+#: 28^2 up (the col2im's sums then cost more than the product saves).
+COL2IM_MAX_PIXELS = 20 * 20
+COL2IM_MIN_CHANNELS = 256
+
+
+def col2im_input_grad_is_faster(g_shape: Sequence[int], w_shape: Sequence[int]) -> bool:
+    """Whether the CPU input gradient of a (kh, kw, Cin, Cout) kernel on (B, H', W', Cout)
+    output gradients is :func:`col2im_input_grad` (True) or XLA's own (False); a static rule."""
+    _, ho, wo, _ = g_shape
+    *_, cin, cout = w_shape
+    return ho * wo <= COL2IM_MAX_PIXELS and min(cin, cout) >= COL2IM_MIN_CHANNELS
+
+
+def col2im_input_grad(
+    g: jax.Array,
+    w: jax.Array,
+    input_size: tuple[int, int],
+    *,
+    pads: tuple[tuple[int, int], tuple[int, int]],
+    dilation: tuple[int, int] = (1, 1),
+    precision: Any = None,
+) -> jax.Array:
+    """Input gradient of a stride-1 convolution, ``dxp[b, y+d*i, x+d*j] += g[b, y, x] W[i, j]^T``.
+
+    ``dxp`` is the gradient of the zero-padded input; the result is its crop to the input. One
+    matrix product ``g (B*H'*W', Cout) @ W^T (Cout, kh*kw*Cin)`` gives every tap's contribution,
+    then each tap's slice is shifted into place (a pad, negative where it crops) and summed: the
+    transposed convolution written as a product and a col2im, with no patches of ``g``.
+
+    Args:
+      g: (B, H', W', Cout) gradient of the convolution output.
+      w: (kh, kw, Cin, Cout) kernel.
+      input_size: (H, W) of the convolution input.
+      pads: ((top, bottom), (left, right)) non-negative zero padding of the input.
+      dilation: kernel dilation (dh, dw).
+      precision: of the matrix product, as ``lax.dot_general``.
+    Returns:
+      (B, H, W, Cin) float32.
+    """
+    kh, kw, cin, cout = w.shape
+    (dh, dw), (h, wd) = dilation, input_size
+    b, ho, wo, _ = g.shape
+    taps = lax.dot_general(
+        g.reshape(-1, cout),
+        w.reshape(kh * kw * cin, cout),
+        (((1,), (1,)), ((), ())),
+        precision=precision,
+        preferred_element_type=jnp.float32,
+    ).reshape(b, ho, wo, kh, kw, cin)
+    zero = jnp.zeros((), jnp.float32)
+    dx = None
+    for i in range(kh):
+        for j in range(kw):
+            # Tap (i, j) of output pixel (y, x) reaches padded input (y + dh*i, x + dw*j).
+            top, left = dh * i - pads[0][0], dw * j - pads[1][0]
+            tap = lax.pad(
+                taps[:, :, :, i, j],
+                zero,
+                ((0, 0, 0), (top, h - ho - top, 0), (left, wd - wo - left, 0), (0, 0, 0)),
+            )
+            dx = tap if dx is None else dx + tap
+    return dx
 
 
 class Conv(nn.Conv):
@@ -276,4 +368,10 @@ def _tile_upsample(x: jax.Array, kernel: jax.Array, precision) -> jax.Array:
     return y.reshape(x.shape[0], *(s * k for s, k in zip(spatial, ks, strict=True)), cout)
 
 
-__all__ = ["Conv", "ConvTranspose", "conv_general_dilated", "im2col_kernel_grad"]
+__all__ = [
+    "Conv",
+    "ConvTranspose",
+    "col2im_input_grad",
+    "conv_general_dilated",
+    "im2col_kernel_grad",
+]

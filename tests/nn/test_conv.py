@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ife_jax.nn.conv import ConvTranspose, conv_general_dilated, im2col_kernel_grad
+from ife_jax.nn.conv import (
+    ConvTranspose,
+    col2im_input_grad,
+    col2im_input_grad_is_faster,
+    conv_general_dilated,
+    im2col_kernel_grad,
+)
 
 U = 2.0**-24
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -141,6 +147,51 @@ def test_input_gradient_is_xlas_own():
     np.testing.assert_array_equal(dx(fast_conv), dx(xla_conv))
 
 
+@pytest.mark.parametrize("case", FAST_CASES, ids=str)
+def test_col2im_input_gradient_matches_float64(case):
+    # Random kernels with kh != kw, Cin != Cout and asymmetric padding: a tap flipped or
+    # transposed the wrong way, or shifted by the wrong padding, lands on other entries.
+    b, h, w_, cin, cout, kernel, d, pads = case
+    rng = np.random.default_rng(len(str(case)) + 1)
+    x, w = normal(rng, (b, h, w_, cin)), normal(rng, (*kernel, cin, cout))
+    pads = explicit(pads, x.shape[1:3], kernel, d)
+    r = normal(rng, xla_conv(x, w, pads, d).shape)
+    dx = jax.jit(col2im_input_grad, static_argnums=2, static_argnames=("pads", "dilation"))(
+        r, w, (h, w_), pads=pads, dilation=(d, d)
+    )
+    _, dx64, dx_mag, _, _ = reference_conv_grads(x, w, r, pads, (d, d))
+    assert dx.shape == x.shape and dx.dtype == jnp.float32
+    np.testing.assert_array_less(
+        np.abs(np.asarray(dx, np.float64) - dx64),
+        gamma(kernel[0] * kernel[1] * cout + 1) * dx_mag + 1e-30,
+    )
+
+
+def test_cpu_input_gradient_of_wide_small_maps_is_col2im():
+    # 4 x 4 output pixels and >= 256 channels: the compiled CPU gradient holds no convolution
+    # (the loss is linear in the output, so the forward is not needed; XLA's gradients would be
+    # two), the input and kernel gradients are matrix products.
+    b, h, w_, cin, cout, kernel, d = 1, 5, 4, 256, 260, (3, 2), 2
+    pads = ((2, 1), (0, 2))
+    rng = np.random.default_rng(7)
+    x, w = normal(rng, (b, h, w_, cin)), normal(rng, (*kernel, cin, cout))
+    r = normal(rng, (b, 4, 4, cout))
+    assert col2im_input_grad_is_faster(r.shape, w.shape)
+    assert not col2im_input_grad_is_faster((4, 28, 28, 512), (3, 3, 512, 512))
+    assert not col2im_input_grad_is_faster((4, 14, 14, 128), (3, 3, 128, 128))
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(fast_conv(x, w, pads, d) * r), (0, 1)))
+    assert grad.lower(x, w).compile().as_text().count(" convolution(") == 0
+    dx, dw = grad(x, w)
+    _, dx64, dx_mag, dw64, dw_mag = reference_conv_grads(x, w, r, pads, (d, d))
+    np.testing.assert_array_less(
+        np.abs(np.asarray(dx, np.float64) - dx64),
+        gamma(kernel[0] * kernel[1] * cout + 1) * dx_mag + 1e-30,
+    )
+    np.testing.assert_array_less(
+        np.abs(np.asarray(dw, np.float64) - dw64), gamma(b * 4 * 4 + 1) * dw_mag + 1e-30
+    )
+
+
 @pytest.mark.parametrize("block_bytes", [1, 2 * 6 * 9 * 3 * 4, 10**9])
 def test_blocked_kernel_gradient_with_a_partial_last_block(block_bytes):
     # 7 output rows in blocks of 1, 2 (4 blocks, the last half empty) and 7 rows.
@@ -148,7 +199,7 @@ def test_blocked_kernel_gradient_with_a_partial_last_block(block_bytes):
     x, r = normal(rng, (2, 7, 6, 3)), normal(rng, (2, 7, 6, 4))
     w = jnp.zeros((3, 3, 3, 4))
     pads = ((1, 1), (1, 1))
-    dw = im2col_kernel_grad(x, r, (3, 3), pads=pads, block_bytes=block_bytes)
+    dw = im2col_kernel_grad(x, r, (3, 3), pads=pads, block_bytes=block_bytes, one_block_pixels=0)
     _, _, _, dw64, dw_mag = reference_conv_grads(x, w, r, pads, (1, 1))
     np.testing.assert_array_less(
         np.abs(np.asarray(dw, np.float64) - dw64), gamma(2 * 7 * 6 + 1) * dw_mag + 1e-30
