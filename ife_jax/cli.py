@@ -80,12 +80,14 @@ _OVERRIDES = {
     "epochs": "epochs",
     "optimizer": "optimizer",
     "learning_rate": "learning_rate",
+    "lr_schedule": "lr_schedule",
     "train_sizes": "train_sizes",
     "eval_size": "eval_size",
     "precision": "precision",
     "seed": "seed",
     "eval_every": "eval_every_epochs",
     "checkpoint_every": "checkpoint_every_steps",
+    "checkpoint_every_epochs": "checkpoint_every_epochs",
     "keep": "keep_checkpoints",
     "max_train_examples": "max_train_examples",
     "max_eval_examples": "max_eval_examples",
@@ -252,12 +254,22 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--optimizer", choices=("adam", "sgd"), help="default adam")
     p.add_argument("--learning-rate", type=float)
+    p.add_argument(
+        "--lr-schedule",
+        choices=("step", "cosine"),
+        help="step: the reference's step decay (default); cosine: annealed to 0 over the run",
+    )
     p.add_argument("--train-sizes", type=_ints, help="e.g. 224,256,288,320,352,384")
     p.add_argument("--eval-size", type=int)
     p.add_argument("--precision", choices=("float32", "bfloat16"))
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", type=int, help="validate every N epochs")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    p.add_argument(
+        "--checkpoint-every-epochs",
+        type=int,
+        help="checkpoint at the end of every N epochs and of the last (default 1)",
+    )
     p.add_argument("--keep", type=int, help="recent checkpoints to keep")
     p.add_argument("--max-train-examples", type=int)
     p.add_argument("--max-eval-examples", type=int)
