@@ -499,11 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="compare UNet, UNet+C and UNet+E over 3 seeds on synthetic data",
         description="Builds a small synthetic dataset, trains UNet, UNet+C and UNet+E "
-        "(narrow networks, small images) with 3 seeds each for 14 epochs, prints the comparison "
-        "over seeds and whether each run converged (a rerun resumes).",
+        "(narrow networks, small images) with 3 seeds each (the demo preset's budget: 8 "
+        "epochs, cosine schedule), prints the comparison over seeds and whether each run "
+        "converged (a rerun resumes).",
     )
     p.add_argument("--output", default="ife_jax_demo", help="folder (default ./ife_jax_demo)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 14)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs per run (default: the demo preset's)"
+    )
     p.add_argument("--seeds", type=int, default=3, help="runs per variant (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--data-dir", help="TFDS data directory (default OUTPUT/tfds)")
