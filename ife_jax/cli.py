@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="compare UNet, UNet+C and UNet+E over 3 seeds on synthetic data",
         description="Builds a small synthetic dataset, trains UNet, UNet+C and UNet+E "
-        "(narrow networks, small images) with 3 seeds each (the demo preset's budget: 8 "
+        "(narrow networks, small images) with 3 seeds each (the demo preset's budget: 10 "
         "epochs, cosine schedule), prints the comparison over seeds and whether each run "
         "converged (a rerun resumes).",
     )

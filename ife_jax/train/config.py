@@ -307,11 +307,11 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     # The built-in demonstration: a narrow UNet on a 2-core CPU, trained to a plateau. At 80 px
     # its test DSC stopped at 82-86% (small lesions span a few pixels), hence 96 px. Batch 4
-    # costs about the same per image as batch 8 on a CPU and gives twice the updates; the cosine
-    # schedule anneals the rate towards 0, so the last epochs settle instead of jumping by the
-    # 1-3 points of Dice that a constant or step-decayed rate left (14 epochs, batch 8, step
-    # decay: 3 of 9 runs still gained > 1 point in their last quarter). A checkpoint every 4
-    # epochs instead of every epoch: a killed run redoes at most 4 epochs.
+    # costs about 1.15x batch 8 per image on a CPU and gives twice the updates; the cosine
+    # schedule anneals the rate towards 0, so the last epochs settle instead of moving by the
+    # 1-3 points of Dice that the step decay left (14 epochs, batch 8, 1e-3 then 1e-4: 3 of 9
+    # runs gained > 1 point in their last quarter; 8 epochs of this recipe: 2 of 9). A
+    # checkpoint every 4 epochs instead of every epoch: a killed run redoes at most 4 epochs.
     "demo": TrainConfig(
         model="unet",
         dataset="synthetic/small",
@@ -319,7 +319,7 @@ PRESETS: dict[str, TrainConfig] = {
         max_train_examples=160,
         max_eval_examples=32,
         batch_size=4,
-        epochs=8,
+        epochs=10,
         lr_schedule="cosine",
         train_sizes=(96,),
         eval_size=96,
