@@ -80,12 +80,14 @@ _OVERRIDES = {
     "epochs": "epochs",
     "optimizer": "optimizer",
     "learning_rate": "learning_rate",
+    "lr_schedule": "lr_schedule",
     "train_sizes": "train_sizes",
     "eval_size": "eval_size",
     "precision": "precision",
     "seed": "seed",
     "eval_every": "eval_every_epochs",
     "checkpoint_every": "checkpoint_every_steps",
+    "checkpoint_every_epochs": "checkpoint_every_epochs",
     "keep": "keep_checkpoints",
     "max_train_examples": "max_train_examples",
     "max_eval_examples": "max_eval_examples",
@@ -253,12 +255,22 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--optimizer", choices=("adam", "sgd"), help="default adam")
     p.add_argument("--learning-rate", type=float)
+    p.add_argument(
+        "--lr-schedule",
+        choices=("step", "cosine"),
+        help="step: the reference's step decay (default); cosine: annealed to 0 over the run",
+    )
     p.add_argument("--train-sizes", type=_ints, help="e.g. 224,256,288,320,352,384")
     p.add_argument("--eval-size", type=int)
     p.add_argument("--precision", choices=("float32", "bfloat16"))
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", type=int, help="validate every N epochs")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    p.add_argument(
+        "--checkpoint-every-epochs",
+        type=int,
+        help="checkpoint at the end of every N epochs and of the last (default 1)",
+    )
     p.add_argument("--keep", type=int, help="recent checkpoints to keep")
     p.add_argument("--max-train-examples", type=int)
     p.add_argument("--max-eval-examples", type=int)
@@ -487,11 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="compare UNet, UNet+C and UNet+E over 3 seeds on synthetic data",
         description="Builds a small synthetic dataset, trains UNet, UNet+C and UNet+E "
-        "(narrow networks, small images) with 3 seeds each for 14 epochs, prints the comparison "
-        "over seeds and whether each run converged (a rerun resumes).",
+        "(narrow networks, small images) with 3 seeds each (the demo preset's budget: 10 "
+        "epochs, cosine schedule), prints the comparison over seeds and whether each run "
+        "converged (a rerun resumes).",
     )
     p.add_argument("--output", default="ife_jax_demo", help="folder (default ./ife_jax_demo)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 14)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs per run (default: the demo preset's)"
+    )
     p.add_argument("--seeds", type=int, default=3, help="runs per variant (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--data-dir", help="TFDS data directory (default OUTPUT/tfds)")

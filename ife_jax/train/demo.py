@@ -37,10 +37,11 @@ def run_demo(
     config = preset("demo", data_dir=data_dir, **({"epochs": epochs} if epochs else {}))
     print(
         f"ife-jax demo: a narrow UNet (widths {config.model_kwargs['widths']}) with and without "
-        f"IFE, {seeds} seeds each, trained {config.epochs} epochs on {config.max_train_examples} "
-        f"synthetic images at {'/'.join(map(str, config.train_sizes))} px, evaluated at "
-        f"{config.eval_size} px (the paper trains the full UNet 100 epochs at 224-384 px on "
-        f"Cosmos55k).\nWriting to {output}",
+        f"IFE, {seeds} seeds each, trained {config.epochs} epochs (batch {config.batch_size}, "
+        f"Adam {config.learning_rate:g}, {config.lr_schedule} schedule) on "
+        f"{config.max_train_examples} synthetic images at "
+        f"{'/'.join(map(str, config.train_sizes))} px, evaluated at {config.eval_size} px (the "
+        f"paper trains the full UNet 100 epochs at 224-384 px on Cosmos55k).\nWriting to {output}",
         flush=True,
     )
     builder = tfds_cosmos.build(config.dataset, data_dir=data_dir)

@@ -197,7 +197,8 @@ def train_and_evaluate(
     inputs: Callable | None = None,
     progress: bool = True,
 ) -> dict:
-    """Trains ``config``'s network, validating and checkpointing each epoch; resumes a run.
+    """Trains ``config``'s network, validating and checkpointing at the end of epochs (every
+    ``eval_every_epochs`` and ``checkpoint_every_epochs``, and after the last); resumes a run.
 
     Args:
       config: the run's configuration.
@@ -231,7 +232,8 @@ def train_and_evaluate(
                 epoch = run.step // run.steps_per_epoch
                 if epoch % config.eval_every_epochs == 0 or epoch == config.epochs:
                     _evaluate(run, epoch)
-                _checkpoint(run)
+                if epoch % config.checkpoint_every_epochs == 0 or epoch == config.epochs:
+                    _checkpoint(run)
             run.log_steps.flush()
         finally:
             if run.bar is not None:
@@ -267,6 +269,9 @@ class _Run:
     compiled: dict[tuple, Callable] = dataclasses.field(default_factory=dict)
     compile_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     bar: object = None
+    #: A new best not yet written: ``(step, state copy, data state, meta)``, written to ``best/``
+    #: before the next recent checkpoint.
+    pending_best: tuple | None = None
 
     @property
     def total_steps(self) -> int:
@@ -400,13 +405,16 @@ def _train_epoch(run: _Run) -> None:
 
 
 def _evaluate(run: _Run, epoch: int) -> None:
-    """Validation Dice of the current state, logged; a new best is saved to ``best/``."""
+    """Validation Dice of the current state, logged; a new best goes to ``best/``, at once if
+    this epoch is checkpointed, otherwise with the next checkpoint (:attr:`_Run.pending_best`)."""
     val = _validate(run.eval_step, run.state.variables, run.val_examples, run.config, run.mesh)
     run.log.append({"step": run.step, "epoch": epoch, "val_dice": val})
     run.write(f"epoch {epoch}: validation Dice {val:.4f}")
     if val > run.meta["best_val_dice"]:
         run.meta.update(best_val_dice=val, best_step=run.step)
-        _save(run, best=True)
+        # The train step donates the state's buffers: the held best is a copy.
+        state = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), run.state)
+        run.pending_best = (run.step, state, run.train_input.get_state(), _meta(run))
 
 
 def _checkpoint(run: _Run) -> None:
@@ -415,14 +423,23 @@ def _checkpoint(run: _Run) -> None:
     run.log_steps.restart_clock()
 
 
-def _save(run: _Run, *, best: bool = False) -> None:
-    meta = dict(
+def _meta(run: _Run) -> dict:
+    return dict(
         run.meta,
         step=run.step,
         epoch=run.step / run.steps_per_epoch,
         config=run.config.to_dict(),
     )
-    run.checkpointer.save(run.step, run.state, run.train_input.get_state(), meta, best=best)
+
+
+def _save(run: _Run) -> None:
+    """A recent checkpoint of the current state, after the pending best (if any): the best a
+    checkpoint's ``meta`` names is on disk before the checkpoint is."""
+    if run.pending_best is not None:
+        step, state, data_state, meta = run.pending_best
+        run.checkpointer.save(step, state, data_state, meta, best=True)
+        run.pending_best = None
+    run.checkpointer.save(run.step, run.state, run.train_input.get_state(), _meta(run))
 
 
 class _StepRecords:

@@ -42,13 +42,29 @@ class TrainState:
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """The reference's step decay, per optimiser step (0-based).
+    """The rate of each optimiser step (0-based), as ``config.lr_schedule`` says.
 
-    ``lr(step) = learning_rate * decay_factor ** (epoch // decay_every)`` with
-    ``epoch = step // steps_per_epoch`` counted from 0, as the reference sets it at the start
-    of each epoch. The per-epoch rates are computed in float64 (:meth:`TrainConfig.
-    epoch_learning_rate`) and rounded once to float32, so no error accumulates over decays.
+    ``"step"`` (the reference): ``lr(step) = learning_rate * decay_factor ** (epoch //
+    decay_every)`` with ``epoch = step // steps_per_epoch`` counted from 0, as the reference
+    sets it at the start of each epoch. The per-epoch rates are computed in float64
+    (:meth:`TrainConfig.epoch_learning_rate`) and rounded once to float32, so no error
+    accumulates over decays.
+
+    ``"cosine"``: ``lr(t) = learning_rate * (1 + cos(pi * t / T)) / 2`` for step ``t`` of the
+    ``T = epochs * steps_per_epoch`` steps of the run: the full rate at the first step, half of
+    it halfway, and towards 0 over the last steps (the rate of the last step is
+    ``learning_rate * (1 - cos(pi / T)) / 2``).
     """
+    if config.lr_schedule == "cosine":
+        total = config.epochs * steps_per_epoch
+        t = np.arange(total, dtype=np.float64)
+        rates = np.float32(config.learning_rate * (1.0 + np.cos(np.pi * t / total)) / 2.0)
+        table = jnp.asarray(rates)
+
+        def cosine(step):
+            return table[jnp.clip(jnp.asarray(step), 0, total - 1)]
+
+        return cosine
     rates = np.float32([config.epoch_learning_rate(e) for e in range(config.epochs)])
     table = jnp.asarray(rates)
 
@@ -60,8 +76,8 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.S
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam (or SGD with momentum 0.9) with the step-decay schedule, after global-norm clipping
-    (the reference recipe is Adam)."""
+    """Adam (or SGD with momentum 0.9) with the configured learning-rate schedule, after
+    global-norm clipping (the reference recipe is Adam with step decay)."""
     schedule = learning_rate_schedule(config, steps_per_epoch)
     if config.optimizer == "sgd":
         opt = optax.sgd(schedule, momentum=0.9)

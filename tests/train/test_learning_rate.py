@@ -1,6 +1,7 @@
 """The learning-rate schedule against the reference's formula, worked by hand."""
 
 import numpy as np
+import pytest
 
 from ife_jax.train.config import TrainConfig, preset
 from ife_jax.train.state import learning_rate_schedule
@@ -43,3 +44,30 @@ def test_reference_presets():
     # Training longer keeps the reference's decay period (every 50 epochs), not half the run.
     longer = [1e-4] * 50 + [1e-5] * 50 + [1e-6] * 50 + [1e-7] * 10
     np.testing.assert_allclose(rates_per_epoch(preset("unet", epochs=160), 1), longer, rtol=RTOL)
+
+
+def test_cosine_by_hand():
+    # T = 4 epochs x 2 steps = 8 steps: lr * (1 + cos(pi * t / 8)) / 2 for t = 0..7, with
+    # cos(pi/8) = sqrt(2 + sqrt(2)) / 2, cos(pi/4) = sqrt(2) / 2,
+    # cos(3 pi/8) = sqrt(2 - sqrt(2)) / 2.
+    config = TrainConfig(epochs=4, learning_rate=1e-3, lr_schedule="cosine")
+    schedule = learning_rate_schedule(config, 2)
+    c1, c2, c3 = np.sqrt(2 + np.sqrt(2)) / 2, np.sqrt(2) / 2, np.sqrt(2 - np.sqrt(2)) / 2
+    expected = 1e-3 * np.array([2, 1 + c1, 1 + c2, 1 + c3, 1, 1 - c3, 1 - c2, 1 - c1]) / 2
+    lrs = np.array([float(schedule(t)) for t in range(8)])
+    np.testing.assert_allclose(lrs, expected, rtol=RTOL)
+    # Past the end (a rate read after the last step) stays at the last step's rate.
+    assert float(schedule(8)) == float(schedule(7))
+
+
+def test_cosine_ignores_the_decay_fields():
+    a = TrainConfig(epochs=6, learning_rate=2e-3, lr_schedule="cosine")
+    b = a.replace(decay_every_epochs=1, decay_factor=0.5)
+    steps = range(6 * 3)
+    sa, sb = learning_rate_schedule(a, 3), learning_rate_schedule(b, 3)
+    assert [float(sa(t)) for t in steps] == [float(sb(t)) for t in steps]
+
+
+def test_unknown_schedule_is_named():
+    with pytest.raises(ValueError, match="lr_schedule='linear'"):
+        TrainConfig(lr_schedule="linear")

@@ -159,6 +159,70 @@ def test_checkpoints_resume_after_sigkill_and_corrupt_checkpoint(tmp_path, train
     _assert_same(_params(tmp_path / "corrupt.npz"), ref_params)
 
 
+def test_checkpoints_every_few_epochs_write_the_held_best_with_the_next(tmp_path, train_env):
+    # 8 examples at batch 4: 2 steps per epoch; 4 epochs, checkpointed after epochs 3 and 4.
+    # The scripted validation Dice peaks at epoch 2 (step 4), which is not checkpointed.
+    env = train_env()
+    every3 = ["--epochs", "4", "--examples", "8", "--val-dice", "0.2,0.6,0.4,0.5"]
+    every3 += ["--checkpoint-every-epochs", "3"]
+
+    def run(workdir, *extra):
+        cmd = [sys.executable, str(HERE / "tinyrun.py"), str(workdir), *every3, *extra]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LIMIT)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    def steps(workdir, folder):
+        return sorted(int(p.name) for p in (workdir / folder).iterdir() if p.name.isdigit())
+
+    from ife_jax.train.checkpointing import Checkpointer
+
+    def saved(workdir, step, *, best=False):
+        ck = Checkpointer(workdir, read_only=True)
+        state, _, meta = ck.read(step, best=best)
+        ck.close()
+        return state, meta
+
+    held = tmp_path / "held"
+    run(held)
+    assert steps(held, "checkpoints") == [6, 8] and steps(held, "best") == [4]
+    best, meta = saved(held, 4, best=True)
+    assert int(best["step"]) == 4 and (meta["best_step"], meta["best_val_dice"]) == (4, 0.6)
+    assert saved(held, 8)[1]["best_step"] == 4
+
+    # The same training checkpointed every epoch: its step-4 checkpoint is the held best.
+    every = tmp_path / "every"
+    run(every, "--checkpoint-every-epochs", "1", "--keep", "4")
+    assert steps(every, "checkpoints") == [2, 4, 6, 8] and steps(every, "best") == [4]
+    reference = jax_leaves(saved(every, 4)[0]["params"])
+    _assert_same(jax_leaves(best["params"]), reference)
+
+    # Killed in epoch 4 (after the epoch-3 checkpoint): resumes from step 6 with that best.
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(HERE / "tinyrun.py"), str(killed), *every3, "--hang-at", "7"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + LIMIT
+    while not (killed / "hanging").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert steps(killed, "checkpoints") == [6] and steps(killed, "best") == [4]
+    out = run(killed)
+    assert f"resumed {killed} at step 6" in out.stdout
+    assert steps(killed, "checkpoints") == [6, 8] and steps(killed, "best") == [4]
+    _assert_same(jax_leaves(saved(killed, 4, best=True)[0]["params"]), reference)
+    _assert_same(jax_leaves(saved(killed, 8)[0]["params"]), jax_leaves(
+        saved(held, 8)[0]["params"]))  # fmt: skip
+
+
+def jax_leaves(tree) -> dict:
+    import jax
+
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in
+            jax.tree_util.tree_leaves_with_path(tree)}  # fmt: skip
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))

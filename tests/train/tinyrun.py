@@ -2,7 +2,8 @@
 script that runs one tiny training.
 
 ``python tinyrun.py WORKDIR [--epochs N] [--inject-nan-at I] [--hang-at I] [--checkpoint-every N]
-[--dump FILE] [--dump-init FILE] [--bug dup-row|no-allreduce] [--reverse-rows]
+[--checkpoint-every-epochs N] [--keep N] [--val-dice V1,V2,...] [--dump FILE] [--dump-init FILE]
+[--bug dup-row|no-allreduce] [--reverse-rows]
 [--train-sizes S ...]``
 
 The network is the tiny preset's UNet with curvature IFE on two skips, trained with SGD with
@@ -290,6 +291,11 @@ def main(argv=None) -> int:
     parser.add_argument("--inject-nan-at", type=int, default=None)
     parser.add_argument("--hang-at", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
+    parser.add_argument("--checkpoint-every-epochs", type=int, default=1)
+    parser.add_argument("--keep", type=int, default=2, help="recent checkpoints to keep")
+    parser.add_argument(
+        "--val-dice", default=None, help="validation Dice of epochs 1, 2, ... (not computed)"
+    )
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--dump", default=None, help="write the final parameters to this .npz")
     parser.add_argument("--dump-init", default=None, help="write the initial state to this .npz")
@@ -309,6 +315,8 @@ def main(argv=None) -> int:
         epochs=args.epochs,
         max_train_examples=args.examples,
         checkpoint_every_steps=args.checkpoint_every,
+        checkpoint_every_epochs=args.checkpoint_every_epochs,
+        keep_checkpoints=args.keep,
         **({"train_sizes": tuple(args.train_sizes)} if args.train_sizes else {}),
     )
     if args.dump_init:
@@ -329,6 +337,15 @@ def main(argv=None) -> int:
 
     if args.bug == "no-allreduce":
         loop.make_train_step = make_local_gradient_step
+    if args.val_dice:
+        scripted = [float(v) for v in args.val_dice.split(",")]
+        evaluate = loop._evaluate
+
+        def scripted_evaluate(run, epoch):
+            loop._validate = lambda *_: scripted[epoch - 1]
+            evaluate(run, epoch)
+
+        loop._evaluate = scripted_evaluate
     summary = train_and_evaluate(config, args.workdir, inputs=inputs, progress=False)
     if args.dump:
         import jax
