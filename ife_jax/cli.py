@@ -50,6 +50,16 @@ def _ife(text: str) -> str:
     return text
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def _variants(text: str) -> tuple[str, ...]:
     from ife_jax.train.compare import parse_variants
 
@@ -213,7 +223,12 @@ def _compare(args) -> int:
 
     config = _train_config(args)
     result = compare(
-        config, args.variants, args.output, seeds=args.seeds, progress=not args.no_progress
+        config,
+        args.variants,
+        args.output,
+        seeds=args.seeds,
+        progress=not args.no_progress,
+        jobs=args.jobs,
     )
     print("\n" + result["text"]["standard"])
     print(f"report (both conventions, seeds.csv, comparison.png) in {result['report']}")
@@ -229,6 +244,7 @@ def _demo(args) -> int:
         seeds=args.seeds,
         data_dir=args.data_dir,
         progress=not args.no_progress,
+        jobs=args.jobs,
     )
     return 0
 
@@ -429,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, default=3, help="runs per variant (default 3)")
     p.add_argument("--output", required=True, help="folder of the runs and the report")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="runs trained at once, each in its own process on its share of the CPU cores "
+        "(default 1; small networks on a CPU: one per core)",
+    )
     _add_config_flags(p)
     p.set_defaults(func=_compare)
 
@@ -510,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="runs per variant (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--data-dir", help="TFDS data directory (default OUTPUT/tfds)")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="runs trained at once (default: one per CPU core, at most 4, on a CPU)",
+    )
     p.set_defaults(func=_demo)
     _add_nnunet(add)
     return parser

@@ -18,6 +18,13 @@ same seed-level test on each group's per-seed means.
 Variant strings: ``NET[+c|+e][@R1,R2,...]`` with NET one of ``unet``, ``deeplabv3plus``,
 ``sinetv2``, ``nnunet``; ``+c`` curvature IFE, ``+e`` entropy IFE, with the ratios of the
 network's Table 1 row unless ``@`` gives them (shallow to deep, each in [0, 1]).
+
+Runs at once (``jobs``): on a CPU a small network does not keep several cores busy (the narrow
+UNet of the demo trains as fast on one core as on two), so ``jobs=N`` trains N runs at a time,
+each in its own process pinned to its share of the CPU cores, with its output in
+``OUTPUT/logs/<variant>_seed<S>.log``. Runs of one variant lower to the same programs, so runs
+start in seed-major order (seed 0 of every variant first) and a later seed loads the programs
+an earlier one compiled instead of compiling them at the same time.
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -427,6 +437,163 @@ def shared_compilation_cache():
             compilation_cache.reset_cache()
 
 
+def usable_cpus() -> list[int]:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def default_jobs(limit: int = 4) -> int:
+    """Runs at once for small networks: one per usable CPU core (at most ``limit``, each
+    process holds its own copy of the data and programs) on the CPU backend, else 1."""
+    import jax
+
+    return max(1, min(limit, len(usable_cpus()))) if jax.default_backend() == "cpu" else 1
+
+
+def _check_jobs(jobs: int, *, inputs, examples) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}: must be an integer >= 1")
+    if jobs == 1:
+        return
+    if inputs is not None or examples is not None:
+        raise ValueError(f"jobs={jobs}: runs in other processes read the dataset's own splits; "
+                         "pass inputs=None and examples=None, or jobs=1")  # fmt: skip
+    import jax
+
+    if jax.default_backend() != "cpu":
+        raise ValueError(f"jobs={jobs}: several runs at once are for the CPU backend; this "
+                         f"process uses {jax.default_backend()!r}, use jobs=1")  # fmt: skip
+
+
+def _cpu_groups(jobs: int) -> list[list[int]]:
+    """``jobs`` disjoint, near-equal groups of the usable cores (empty groups when fewer)."""
+    cpus = usable_cpus()
+    size, extra = divmod(len(cpus), jobs)
+    groups, start = [], 0
+    for k in range(jobs):
+        stop = start + size + (k < extra)
+        groups.append(cpus[start:stop])
+        start = stop
+    return groups
+
+
+def _epochs_done(workdir: Path) -> int:
+    """The last epoch with a validation record in a run's ``metrics.jsonl`` (0 if none)."""
+    try:
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    epochs = [json.loads(ln).get("epoch", 0) for ln in lines if '"val_dice"' in ln]
+    return int(max(epochs, default=0))
+
+
+def _log_tail(path: Path, lines: int = 12) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _run_parallel(todo, configs, results, output: Path, *, jobs: int, split: str, bar, say):
+    """Trains ``todo`` runs ``jobs`` at a time in worker processes (see the module docstring),
+    filling ``results``. A failed run stops the others (they resume on a rerun) and raises."""
+    order = {v.name: i for i, v in enumerate(dict.fromkeys(v for v, _ in todo))}
+    queue = sorted(todo, key=lambda vs: (vs[1], order[vs[0].name]))
+    free = _cpu_groups(jobs)
+    logs = output / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(jax.config.jax_compilation_cache_dir)
+    running = {}  # (variant, seed) -> (process, log file, cpu group, workdir)
+    try:
+        while queue or running:
+            while queue and free:
+                v, s = queue.pop(0)
+                cpus, workdir = free.pop(0), output / v.folder / f"seed{s}"
+                log_path = logs / f"{v.folder}_seed{s}.log"
+                log = open(log_path, "a")  # closed when the process ends
+                job = {
+                    "config": json.loads(configs[v.name, s].to_json()),
+                    "workdir": str(workdir),
+                    "name": v.name,
+                    "split": split,
+                    "cpus": cpus,
+                }
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "ife_jax.train.compare", "--worker"],
+                    stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    text=True,
+                )  # fmt: skip
+                proc.stdin.write(json.dumps(job))
+                proc.stdin.close()
+                running[v, s] = (proc, log, cpus, workdir)
+                say(f"== {v.name}, seed {s} ({workdir}; log {log_path}; cores {cpus})")
+            time.sleep(0.5)
+            for (v, s), (proc, log, cpus, workdir) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[v, s]
+                log.close()
+                free.append(cpus)
+                result = _read_result(workdir, configs[v.name, s])
+                if proc.returncode != 0 or result is None:
+                    log_path = logs / f"{v.folder}_seed{s}.log"
+                    raise RuntimeError(
+                        f"run {v.name}, seed {s} failed (exit code {proc.returncode}); its log "
+                        f"{log_path} ends:\n{_log_tail(log_path)}"
+                    )
+                results[v.name, s] = result
+                dsc = np.mean([r["dsc"] for r in result["records"]["standard"]])
+                say(f"   {v.name}, seed {s}: test DSC {100 * dsc:.2f}")
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None and running:
+                bar.set_postfix_str(", ".join(
+                    f"{v.name} s{s} epoch {_epochs_done(w)}/{configs[v.name, s].epochs}"
+                    for (v, s), (_, _, _, w) in running.items()
+                ))  # fmt: skip
+    finally:
+        for proc, _, _, _ in running.values():
+            proc.terminate()
+        for proc, log, _, _ in running.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGTERM when the process that started it ends (a killed
+    comparison leaves no orphan run holding its workdir)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent ended before the call
+        sys.exit(1)
+
+
+def _worker() -> None:
+    """One run of a parallel comparison: the job (JSON on stdin) as ``compare`` builds it."""
+    job = json.loads(sys.stdin.read())
+    _die_with_parent()
+    if job["cpus"] and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, job["cpus"])  # before JAX sizes its thread pool
+    config = TrainConfig.from_dict(job["config"])
+    _run_one(config, Path(job["workdir"]), name=job["name"], split=job["split"], inputs=None,
+             examples=None, progress=False)  # fmt: skip
+
+
 def compare(
     base: TrainConfig,
     variants: Sequence[str | Variant],
@@ -438,6 +605,7 @@ def compare(
     examples=None,
     progress: bool = True,
     about: str = "",
+    jobs: int = 1,
 ) -> dict:
     """Trains every variant with ``seeds`` seeds and writes the seed-level comparison.
 
@@ -453,19 +621,25 @@ def compare(
         (default: the dataset's splits).
       progress: an overall bar over the runs, plus each run's own bar.
       about: a phrase naming the data for the report's first line.
+      jobs: runs trained at once, each in its own process on its share of the CPU cores (see
+        the module docstring; :func:`default_jobs` suggests a number). CPU backend only, and
+        ``inputs`` and ``examples`` must be None.
 
     Returns:
       ``{"report": folder, "text": {convention: report text}, "verdicts": [...],
       "runs": {variant: {seed: {"step", "test_dsc", "curve"}}}}``.
 
     Raises:
-      ValueError: naming a bad variant, ``seeds < 1``, or an output that holds other runs.
+      ValueError: naming a bad variant, ``seeds < 1``, a bad ``jobs``, or an output that
+        holds other runs.
+      RuntimeError: a run trained in its own process failed (naming the run and its log).
     """
     from ife_jax.train.workdir import check_writable_folder
 
     parsed = parse_variants([v.spec if isinstance(v, Variant) else v for v in variants])
     if seeds < 1:
         raise ValueError(f"seeds={seeds}: must be >= 1")
+    _check_jobs(jobs, inputs=inputs, examples=examples)
     output = check_writable_folder(output, what="the comparison folder")
     plan = [(v, base.seed + k) for v in parsed for k in range(seeds)]
     configs = {(v.name, s): run_config(base, v, s) for v, s in plan}  # validates each
@@ -479,14 +653,18 @@ def compare(
 
         done = sum(r is not None for r in results.values())
         bar = tqdm(total=len(plan), initial=done, desc="compare", unit="run", position=0)
+    say = bar.write if bar is not None else print
     try:
         with shared_compilation_cache():
-            for v, s in plan:
+            todo = [(v, s) for v, s in plan if results[v.name, s] is None]
+            if jobs > 1 and len(todo) > 1:
+                _run_parallel(todo, configs, results, output, jobs=jobs, split=split, bar=bar,
+                              say=say)  # fmt: skip
+            for v, s in todo:
                 if results[v.name, s] is not None:
                     continue
                 workdir = output / v.folder / f"seed{s}"
-                message = f"== {v.name}, seed {s} ({workdir})"
-                (bar.write if bar is not None else print)(message)
+                say(f"== {v.name}, seed {s} ({workdir})")
                 results[v.name, s] = _run_one(
                     configs[v.name, s], workdir, name=v.name, split=split, inputs=inputs,
                     examples=examples, progress=progress,
@@ -556,3 +734,9 @@ def write_comparison(folder: Path, variants: Sequence[Variant], results: dict, *
         json.dumps({k: brief[k] for k in ("verdicts", "runs")}, indent=2) + "\n"
     )
     return brief
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--worker"]:
+        raise SystemExit("usage: python -m ife_jax.train.compare --worker (a job on stdin)")
+    _worker()

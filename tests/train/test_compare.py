@@ -1,5 +1,5 @@
 """``compare``: variant strings, seed-level statistics against scipy and a hand-worked example,
-and a comparison that resumes after being killed."""
+a comparison that resumes after being killed, and runs trained in worker processes."""
 
 import json
 import math
@@ -14,6 +14,7 @@ from scipy import stats
 
 from ife_jax.cli import main
 from ife_jax.metrics import METRIC_KEYS
+from ife_jax.train import compare as compare_module
 from ife_jax.train.compare import (
     compare_variants,
     format_report,
@@ -197,6 +198,57 @@ def test_compare_resumes_after_being_killed(tmp_path, train_env):
         _compare_cmd(output, data), env=train_env(), capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0 and "== " not in again.stdout
+
+
+def test_parallel_runs_train_in_worker_processes_and_resume(tmp_path, train_env):
+    data, output = tmp_path / "tfds", tmp_path / "cmp"
+    assert main(["build-dataset", "synthetic/tiny", "--data-dir", str(data)]) == 0
+    cmd = _compare_cmd(output, data) + ["--jobs", "2"]
+    out = subprocess.run(cmd, env=train_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for folder, name in (("unet", "UNet"), ("unet_c", "UNet+C")):
+        assert f"== {name}, seed 0" in out.stdout
+        log = (output / "logs" / f"{folder}_seed0.log").read_text()
+        assert "done: 2 steps" in log  # each run's own output went to its log
+        assert (output / folder / "seed0" / "result.json").exists()
+    summary = json.loads((output / "report" / "comparison.json").read_text())
+    assert set(summary["runs"]) == {"UNet", "UNet+C"}
+    assert all(run["step"] == 2 for seeds in summary["runs"].values() for run in seeds.values())
+    again = subprocess.run(cmd, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "== " not in again.stdout  # nothing left to train
+
+
+def test_a_failed_worker_run_is_named_with_its_log(tmp_path, train_env):
+    not_a_folder = tmp_path / "data.txt"  # the runs cannot build or read a dataset there
+    not_a_folder.write_text("")
+    cmd = _compare_cmd(tmp_path / "cmp", not_a_folder) + ["--jobs", "2"]
+    out = subprocess.run(cmd, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "failed (exit code" in out.stderr and "seed 0" in out.stderr
+    assert str(tmp_path / "cmp" / "logs") in out.stderr
+    assert "Traceback" not in out.stderr  # one line from the CLI, the log holds the rest
+
+
+def test_jobs_are_checked_and_cores_split(monkeypatch):
+    from ife_jax.train.config import preset
+
+    base = preset("tiny")
+    with pytest.raises(ValueError, match="jobs=0"):
+        compare_module.compare(base, ["unet"], "/nonexistent/never", jobs=0)
+    with pytest.raises(ValueError, match="inputs=None"):
+        compare_module.compare(base, ["unet"], "/nonexistent/never", jobs=2, inputs=lambda: 0)
+    monkeypatch.setattr(compare_module, "usable_cpus", lambda: [0, 1, 2])
+    assert compare_module._cpu_groups(2) == [[0, 1], [2]]
+    assert compare_module._cpu_groups(3) == [[0], [1], [2]]
+    assert compare_module._cpu_groups(1) == [[0, 1, 2]]
+    assert compare_module.default_jobs(limit=2) == 2  # the tests run on the CPU backend
+    assert compare_module.default_jobs() == 3
+
+
+@pytest.mark.parametrize("flag", ["0", "-1", "two"])
+def test_cli_refuses_bad_jobs(flag, capsys):
+    assert main(["compare", "--variants", "unet", "--output", "x", "--jobs", flag]) == 2
+    assert "--jobs: must be an integer >= 1" in capsys.readouterr().err
 
 
 def test_convergence_is_the_gain_over_the_last_quarter():
