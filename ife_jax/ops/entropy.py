@@ -250,8 +250,9 @@ def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
 
 
 def _cpu_sample_bytes(spatial: tuple[int, ...], channels: int) -> int:
-    """Bytes :func:`_paper_cpu` holds per sample: the map's keys twice (NHWC and rows) and the
-    float32 temporaries of one sample's keys (values, neighbour means, padded copy)."""
+    """Bytes :func:`_paper_cpu` counts per sample of a group: its int32 keys twice (channels-last
+    and as rows) and, conservatively, four float32 temporaries of the key computation (values,
+    neighbour means, padded copy, keys being built), which exist for one sample at a time."""
     return (2 + 4) * 4 * math.prod(spatial) * channels
 
 
