@@ -82,3 +82,44 @@ def test_values_on_bin_edges_land_in_the_upper_bin(span):
     want = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, 255)
     np.testing.assert_array_equal(q, want)
     assert q[-1] == 255 and q[0] == 0 and q[32] == 32  # max -> last bin; span/8 -> bin 32
+
+
+def _maps_with_non_finite(shape, seed):
+    """ReLU-like maps; channel 0 of sample 1 holds a NaN, channel C-1 of sample 0 an Inf."""
+    x = np.maximum(np.random.default_rng(seed).standard_normal(shape).astype(np.float32), 0)
+    x[min(1, shape[0] - 1), 2, 3, 0] = np.nan
+    x[0, -1, 0, -1] = np.inf
+    want = paper_entropy_numpy(np.where(np.isfinite(x), x, 0))
+    want[~np.isfinite(x).all(axis=(1, 2))] = np.nan
+    return jnp.asarray(x), want
+
+
+@pytest.mark.parametrize(
+    ("shape", "rows"), [((4, 9, 11, 3), 8), ((3, 7, 6, 1), 1), ((1, 8, 5, 4), 3)]
+)
+def test_cpu_and_row_block_layouts_match_numpy(shape, rows):
+    # Both 2-D layouts of "paper" mode, whichever entropy_scores picks on this platform: the
+    # CPU one (keys of whole samples channels-last, transposed into rows) for every number of
+    # samples per group, and row blocks cut from the map (the other platforms' XLA path).
+    from ife_jax.ops.entropy import _cpu_sample_bytes, _map_row_blocks, _paper_block, _paper_cpu
+
+    x, want = _maps_with_non_finite(shape, sum(shape) + rows)
+    one_sample = _cpu_sample_bytes(shape[1:3], shape[3])
+    for per_group in sorted({1, 2, shape[0]}):  # samples per group; 2 of 3 leaves groups of 1
+        got = jax.jit(lambda x_, g=per_group: _paper_cpu(x_, 256, rows, g * one_sample))(x)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    got = _map_row_blocks(lambda r: _paper_block(r, 256), x, rows)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_budget_between_one_sample_and_the_batch():
+    # A budget holding one sample's keys but not the batch's: groups of samples on CPU, the
+    # same scores as one group (integer counts; only the order of the mean's sum may differ,
+    # at most H*W*u relative).
+    from ife_jax.ops.entropy import _cpu_sample_bytes, _row_bytes
+
+    x, want = _maps_with_non_finite((4, 10, 12, 6), 7)
+    budget = 2 * _cpu_sample_bytes((10, 12), 6) + 8 * _row_bytes((10, 12), 256)
+    got = entropy_scores(x, memory_budget_bytes=budget)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, entropy_scores(x), rtol=10 * 12 * 2.0**-24, atol=0)

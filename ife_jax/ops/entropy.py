@@ -204,31 +204,35 @@ def _quantise(v: jax.Array, lo: jax.Array, span: jax.Array, bins: int) -> jax.Ar
     return jnp.clip(q, 0, bins - 1).astype(jnp.int32)
 
 
+def _spatial_keys(x: jax.Array, bins: int, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """Cell ``i * bins + j`` of every pixel of ``x``, whose spatial axes are ``axes``.
+
+    One range per position of the other axes (a (sample, channel) row). Returns int32 keys of
+    ``x``'s shape in ``[0, bins * bins)`` (non-finite values counted as 0) and the flag, of
+    ``x``'s shape without ``axes``, of rows holding only finite values.
+    """
+    finite = jnp.all(jnp.isfinite(x), axis=axes)
+    v = jnp.where(jnp.isfinite(x), x, 0.0)
+    j = neighbour_mean(v, volume=len(axes) == 3)
+    lo = jnp.expand_dims(jnp.minimum(v.min(axis=axes), j.min(axis=axes)), axes)
+    hi = jnp.expand_dims(jnp.maximum(v.max(axis=axes), j.max(axis=axes)), axes)
+    span = jnp.where(hi > lo, hi - lo, 1.0)
+    return _quantise(v, lo, span, bins) * bins + _quantise(j, lo, span, bins), finite
+
+
 def _paper_keys(rows: jax.Array, bins: int) -> tuple[jax.Array, jax.Array]:
     """Cell ``i * bins + j`` of every pixel of a (R, H, W) or (R, D, H, W) block, and finiteness.
 
     Returns (R, N) int32 keys in ``[0, bins * bins)`` (non-finite values counted as 0) and the
     (R,) bool flag of rows holding only finite values.
     """
-    r, *spatial = rows.shape
-    axes = tuple(range(1, rows.ndim))
-    finite = jnp.all(jnp.isfinite(rows), axis=axes)
-    v = jnp.where(jnp.isfinite(rows), rows, 0.0)
-    j = neighbour_mean(v, volume=rows.ndim == 4)
-    expand = (slice(None),) + (None,) * len(spatial)
-    lo = jnp.minimum(v.min(axis=axes), j.min(axis=axes))[expand]
-    hi = jnp.maximum(v.max(axis=axes), j.max(axis=axes))[expand]
-    span = jnp.where(hi > lo, hi - lo, 1.0)
-    qi, qj = _quantise(v, lo, span, bins), _quantise(j, lo, span, bins)
-    return (qi * bins + qj).reshape(r, math.prod(spatial)), finite
+    keys, finite = _spatial_keys(rows, bins, tuple(range(1, rows.ndim)))
+    return keys.reshape(rows.shape[0], -1), finite
 
 
-def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
-    """Paper entropy of each row of a (R, H, W) or (R, D, H, W) block; NaN for non-finite rows."""
-    r, *spatial = rows.shape
-    n = math.prod(spatial)
-    cells = bins * bins
-    keys, finite = _paper_keys(rows, bins)
+def _row_entropy(keys: jax.Array, cells: int) -> jax.Array:
+    """Entropy of the cells of each row of (R, N) int32 keys in ``[0, cells)``, float32 (R,)."""
+    r, n = keys.shape
     keys = keys + (jnp.arange(r, dtype=jnp.int32) * cells)[:, None]
     keys = lax.optimization_barrier(keys)
     hist = jnp.zeros(r * cells, jnp.int32).at[keys.reshape(-1)].add(1, mode="promise_in_bounds")
@@ -236,8 +240,51 @@ def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
     # all bins*bins cells, most of which are empty.
     own = hist[keys].astype(jnp.float32)
     own = lax.optimization_barrier(own)
-    entropy = jnp.mean(jnp.log2(float(n) / own), axis=1)
-    return jnp.where(finite, entropy, jnp.nan)
+    return jnp.mean(jnp.log2(float(n) / own), axis=1)
+
+
+def _paper_block(rows: jax.Array, bins: int) -> jax.Array:
+    """Paper entropy of each row of a (R, H, W) or (R, D, H, W) block; NaN for non-finite rows."""
+    keys, finite = _paper_keys(rows, bins)
+    return jnp.where(finite, _row_entropy(keys, bins * bins), jnp.nan)
+
+
+def _cpu_sample_bytes(spatial: tuple[int, ...], channels: int) -> int:
+    """Bytes :func:`_paper_cpu` counts per sample of a group: its int32 keys twice (channels-last
+    and as rows) and, conservatively, four float32 temporaries of the key computation (values,
+    neighbour means, padded copy, keys being built), which exist for one sample at a time."""
+    return (2 + 4) * 4 * math.prod(spatial) * channels
+
+
+def _paper_cpu(x: jax.Array, bins: int, rows: int, budget: int) -> jax.Array:
+    """Paper entropy of (B, H, W, C) maps, laid out for CPUs; the same counts as the XLA path.
+
+    The keys of a whole sample are computed channels-last in one elementwise pass (vectorised
+    along C), then the keys of a group of samples are transposed at once into (sample,
+    channel) rows, and only the histograms run in blocks of ``rows`` rows. Cutting blocks of a
+    few channels out of the channels-last map, as :func:`_map_row_blocks` does, reads whole
+    cache lines for a few of their values and costs more than the histograms themselves.
+    Samples are processed in groups whose keys fit ``budget``; the caller checks that one does.
+    """
+    b, h, w, c = x.shape
+    n, cells = h * w, bins * bins
+    sb = _largest_divisor_at_most(b, budget // _cpu_sample_bytes((h, w), c))
+    r = _largest_divisor_at_most(sb * c, rows)
+
+    def group(xs):  # (sb, H, W, C) -> (sb, C)
+        # A loop over samples materialises the keys channels-last; computed in one fusion with
+        # the transpose below, the elementwise work would read the map with a stride of C.
+        keys, finite = lax.map(lambda s: _spatial_keys(s[None], bins, (1, 2)), xs)
+        keys = jnp.transpose(keys.reshape(sb, n, c), (0, 2, 1)).reshape(sb * c, n)
+        # Blocks are contiguous row ranges of the 2-D array (a transpose written straight into
+        # a 3-D (blocks, rows, N) array is several times slower on CPU).
+        entropy = lax.map(
+            lambda i: _row_entropy(lax.dynamic_slice_in_dim(keys, i * r, r), cells),
+            jnp.arange(sb * c // r),
+        )
+        return jnp.where(finite.reshape(sb, c), entropy.reshape(sb, c), jnp.nan)
+
+    return lax.map(group, x.reshape(b // sb, sb, h, w, c)).reshape(b, c)
 
 
 def _paper_pallas(x: jax.Array, bins: int, **kernel_options) -> jax.Array:
@@ -353,7 +400,10 @@ def entropy_scores(
         this many bytes at any batch size. Results do not depend on it.
       chunk_rows: rows per block, overriding the budget (``None``: from the budget, and at most
         8 when lowered for CPU, where small blocks keep the histogram in cache). For volumes
-        it is capped by the budget. Giving it selects the XLA path on every platform.
+        it is capped by the budget. Giving it selects the XLA path on every platform. On CPU,
+        (B, H, W, C) maps compute the keys of whole samples channels-last and transpose them
+        once into rows (groups of samples within the budget), and only the histograms run in
+        blocks; when one sample's keys exceed the budget, blocks are cut from the map.
 
     On CUDA GPUs of compute capability 8.0 or more, ``"paper"`` mode on (B, H, W, C) maps runs
     the Pallas kernel of :mod:`ife_jax.ops.entropy_pallas` (same integer counts, scores equal
@@ -395,13 +445,19 @@ def entropy_scores(
     def run(rows):
         return lambda x_: _map_row_blocks(lambda r: _paper_block(r, bins), x_, rows)
 
+    def run_cpu(rows):
+        keys_budget = memory_budget_bytes - rows * _row_bytes(spatial, bins)
+        if keys_budget < _cpu_sample_bytes(spatial, shape[-1]):
+            return run(rows)  # not even one sample's keys fit: row blocks of the map
+        return functools.partial(_paper_cpu, bins=bins, rows=rows, budget=keys_budget)
+
     budget_rows = _chunk_rows(spatial, bins, memory_budget_bytes)
     if chunk_rows is not None:
-        return run(chunk_rows)(x)
+        return lax.platform_dependent(x, cpu=run_cpu(chunk_rows), default=run(chunk_rows))
     xla = run(budget_rows)
     cuda = functools.partial(_paper_pallas, bins=bins) if _pallas_available(shape, bins) else xla
     return lax.platform_dependent(
-        x, cpu=run(min(budget_rows, _CPU_CHUNK_ROWS)), cuda=cuda, default=xla
+        x, cpu=run_cpu(min(budget_rows, _CPU_CHUNK_ROWS)), cuda=cuda, default=xla
     )
 
 
