@@ -1,5 +1,6 @@
-"""Top-k selection: order, ties, non-finite scores."""
+"""Top-k selection: order, ties, non-finite scores, the gradient of the gather."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -33,3 +34,23 @@ def test_scores_shape_is_checked():
     x = jnp.zeros((2, 4, 4, 3))
     with pytest.raises(ValueError, match=r"scores must have shape \(B, C\) = \(2, 3\)"):
         select_channels(x, jnp.zeros((2, 4)), ratio=0.5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 3, 3, 5, 7), (3, 3, 3, 1)])
+def test_gradient_of_the_selection_is_the_selected_channels_put_back(shape):
+    """d/dx of <selected, g>: g's channel j lands on channel indices[b, j], zero elsewhere
+    (a loop written out in NumPy); tied scores included."""
+    rng = np.random.default_rng(sum(shape))
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    c = shape[-1]
+    scores = jnp.asarray(rng.integers(0, 3, size=(shape[0], c)), jnp.float32)  # many ties
+    ratio = 0.5 if c > 1 else 1.0
+    _, idx = select_channels(x, scores, ratio=ratio)
+    g = rng.normal(size=(*shape[:-1], idx.shape[1])).astype(np.float32)
+    dx = jax.grad(lambda x_: jnp.sum(select_channels(x_, scores, ratio=ratio)[0] * g))(x)
+    want = np.zeros(shape, np.float32)
+    for b in range(shape[0]):
+        for j, ch in enumerate(np.asarray(idx[b])):
+            want[b, ..., ch] = g[b, ..., j]
+    np.testing.assert_array_equal(np.asarray(dx), want)
+    assert np.isfinite(np.asarray(dx)).all()

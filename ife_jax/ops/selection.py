@@ -62,6 +62,39 @@ def select_channels(x: jax.Array, scores: jax.Array, *, ratio: float):
         raise ValueError(f"scores must have shape (B, C) = {(b, c)}; got {jnp.shape(scores)}.")
     k = num_selected(c, ratio)
     indices = top_channels(scores, k)
-    index = indices.reshape(b, *(1 for _ in shape[1:-1]), k)
-    selected = jnp.take_along_axis(x, index, axis=x.ndim - 1)
-    return selected, indices
+    return gather_channels(x, indices), indices
+
+
+@jax.custom_vjp
+def gather_channels(x: jax.Array, indices: jax.Array) -> jax.Array:
+    """``x[..., indices[b]]`` per sample ``b``: (B, ..., C) and (B, k) distinct indices give
+    (B, ..., k). The gradient is a gather too, through the inverse of the selection (a channel
+    not selected gets zero), instead of the scatter-add that differentiating the gather makes;
+    equal values, as each input channel receives at most one output channel's gradient."""
+    return jnp.take_along_axis(x, _channel_index(indices, x.ndim), axis=x.ndim - 1)
+
+
+def _channel_index(indices: jax.Array, ndim: int) -> jax.Array:
+    return indices.reshape(indices.shape[0], *(1 for _ in range(ndim - 2)), indices.shape[1])
+
+
+def _gather_fwd(x, indices):
+    return gather_channels(x, indices), (indices, x.shape[-1])
+
+
+def _gather_bwd(res, g):
+    indices, c = res
+    b, k = indices.shape
+    # inverse[b, c] = j where indices[b, j] == c, else k (outside g: filled with zero).
+    inverse = (
+        jnp.full((b, c), k, jnp.int32)
+        .at[jnp.arange(b)[:, None], indices]
+        .set(jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)))
+    )
+    dx = jnp.take_along_axis(
+        g, _channel_index(inverse, g.ndim), axis=g.ndim - 1, mode="fill", fill_value=0
+    )
+    return dx, None
+
+
+gather_channels.defvjp(_gather_fwd, _gather_bwd)
