@@ -112,7 +112,7 @@ def make_inputs(passes: int):
     return inputs
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="the dmis2d folder of real slices")
     p.add_argument("--output", default="realdata_runs")
@@ -126,8 +126,11 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's rate before the decay")
     p.add_argument("--size", type=int, default=96, help="training and evaluation size (px)")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     start, cpu_start = time.perf_counter(), time.process_time()
     output = Path(args.output).absolute()
     data_dir = args.data_dir or str(output / "tfds")
