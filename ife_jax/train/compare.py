@@ -510,6 +510,7 @@ def _run_parallel(todo, configs, results, output: Path, *, jobs: int, split: str
     if jax.config.jax_compilation_cache_dir:
         env["JAX_COMPILATION_CACHE_DIR"] = str(jax.config.jax_compilation_cache_dir)
     running = {}  # (variant, seed) -> (process, log file, cpu group, workdir)
+    shown = ""
     try:
         while queue or running:
             while queue and free:
@@ -552,11 +553,13 @@ def _run_parallel(todo, configs, results, output: Path, *, jobs: int, split: str
                 say(f"   {v.name}, seed {s}: test DSC {100 * dsc:.2f}")
                 if bar is not None:
                     bar.update(1)
-            if bar is not None and running:
-                bar.set_postfix_str(", ".join(
-                    f"{v.name} s{s} epoch {_epochs_done(w)}/{configs[v.name, s].epochs}"
-                    for (v, s), (_, _, _, w) in running.items()
-                ))  # fmt: skip
+            postfix = ", ".join(
+                f"{v.name} s{s} epoch {_epochs_done(w)}/{configs[v.name, s].epochs}"
+                for (v, s), (_, _, _, w) in running.items()
+            )
+            if bar is not None and postfix != shown:
+                bar.set_postfix_str(postfix)  # redrawn only when an epoch ends
+                shown = postfix
     finally:
         for proc, _, _, _ in running.values():
             proc.terminate()
