@@ -200,13 +200,7 @@ def test_checkpoints_every_few_epochs_write_the_held_best_with_the_next(tmp_path
     # Killed in epoch 4 (after the epoch-3 checkpoint): resumes from step 6 with that best.
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(HERE / "tinyrun.py"), str(killed), *every3, "--hang-at", "7"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + LIMIT
-    while not (killed / "hanging").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_when_hanging(cmd, env, killed, LIMIT)
     assert steps(killed, "checkpoints") == [6] and steps(killed, "best") == [4]
     out = run(killed)
     assert f"resumed {killed} at step 6" in out.stdout
