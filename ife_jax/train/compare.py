@@ -479,14 +479,28 @@ def _cpu_groups(jobs: int) -> list[list[int]]:
     return groups
 
 
-def _epochs_done(workdir: Path) -> int:
-    """The last epoch with a validation record in a run's ``metrics.jsonl`` (0 if none)."""
-    try:
-        lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return 0
-    epochs = [json.loads(ln).get("epoch", 0) for ln in lines if '"val_dice"' in ln]
-    return int(max(epochs, default=0))
+class _ValidatedEpoch:
+    """The last epoch a running run has validated, from the lines its ``metrics.jsonl`` gained
+    since the previous look (the file grows by a line a step; it is never read twice)."""
+
+    def __init__(self, workdir: Path):
+        self.path, self.offset, self.epoch = workdir / "metrics.jsonl", 0, 0
+
+    def __call__(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.offset:  # rewritten on resume
+                    self.offset = self.epoch = 0
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return self.epoch
+        whole = chunk.rfind(b"\n") + 1  # a line still being written waits for the next look
+        for line in chunk[:whole].splitlines():
+            if b'"val_dice"' in line:
+                self.epoch = max(self.epoch, int(json.loads(line).get("epoch", 0)))
+        self.offset += whole
+        return self.epoch
 
 
 def _log_tail(path: Path, lines: int = 12) -> str:
@@ -509,7 +523,7 @@ def _run_parallel(todo, configs, results, output: Path, *, jobs: int, split: str
 
     if jax.config.jax_compilation_cache_dir:
         env["JAX_COMPILATION_CACHE_DIR"] = str(jax.config.jax_compilation_cache_dir)
-    running = {}  # (variant, seed) -> (process, log file, cpu group, workdir)
+    running = {}  # (variant, seed) -> (process, log file, cpu group, workdir, epoch watch)
     shown = ""
     try:
         while queue or running:
@@ -532,10 +546,10 @@ def _run_parallel(todo, configs, results, output: Path, *, jobs: int, split: str
                 )  # fmt: skip
                 proc.stdin.write(json.dumps(job))
                 proc.stdin.close()
-                running[v, s] = (proc, log, cpus, workdir)
+                running[v, s] = (proc, log, cpus, workdir, _ValidatedEpoch(workdir))
                 say(f"== {v.name}, seed {s} ({workdir}; log {log_path}; cores {cpus})")
             time.sleep(0.5)
-            for (v, s), (proc, log, cpus, workdir) in list(running.items()):
+            for (v, s), (proc, log, cpus, workdir, _) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 del running[v, s]
@@ -543,27 +557,28 @@ def _run_parallel(todo, configs, results, output: Path, *, jobs: int, split: str
                 free.append(cpus)
                 result = _read_result(workdir, configs[v.name, s])
                 if proc.returncode != 0 or result is None:
-                    log_path = logs / f"{v.folder}_seed{s}.log"
                     raise RuntimeError(
                         f"run {v.name}, seed {s} failed (exit code {proc.returncode}); its log "
-                        f"{log_path} ends:\n{_log_tail(log_path)}"
+                        f"{log.name} ends:\n{_log_tail(Path(log.name))}"
                     )
                 results[v.name, s] = result
                 dsc = np.mean([r["dsc"] for r in result["records"]["standard"]])
                 say(f"   {v.name}, seed {s}: test DSC {100 * dsc:.2f}")
                 if bar is not None:
                     bar.update(1)
+            if bar is None:
+                continue
             postfix = ", ".join(
-                f"{v.name} s{s} epoch {_epochs_done(w)}/{configs[v.name, s].epochs}"
-                for (v, s), (_, _, _, w) in running.items()
+                f"{v.name} s{s} epoch {validated()}/{configs[v.name, s].epochs}"
+                for (v, s), (*_, validated) in running.items()
             )
-            if bar is not None and postfix != shown:
+            if postfix != shown:
                 bar.set_postfix_str(postfix)  # redrawn only when an epoch ends
                 shown = postfix
     finally:
-        for proc, _, _, _ in running.values():
+        for proc, *_ in running.values():
             proc.terminate()
-        for proc, log, _, _ in running.values():
+        for proc, log, *_ in running.values():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

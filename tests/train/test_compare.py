@@ -259,3 +259,21 @@ def test_convergence_is_the_gain_over_the_last_quarter():
     assert convergence(curve) == pytest.approx(0.001)
     assert convergence(curve[:6]) == pytest.approx(0.85 - 0.84)  # from epoch 5 to 6
     assert math.isnan(convergence(curve[:3]))
+
+
+def test_the_validated_epoch_is_read_from_new_whole_lines(tmp_path):
+    watch = compare_module._ValidatedEpoch(tmp_path)
+    assert watch() == 0  # no file yet
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "epoch": 1, "loss": 1.0}\n')
+    with open(log, "a") as f:
+        f.write('{"step": 2, "epoch": 1, "val_dice": 0.5}\n')
+    assert watch() == 1
+    with open(log, "a") as f:
+        f.write('{"step": 4, "epoch": 2, "val_dice": 0.6}\n{"step": 6, "epoch": 3, "val_')
+    assert watch() == 2  # the half-written line waits
+    with open(log, "a") as f:
+        f.write('dice": 0.7}\n')
+    assert watch() == 3
+    log.write_text('{"step": 2, "epoch": 1, "val_dice": 0.5}\n')  # a resumed run rewrote it
+    assert watch() == 1
