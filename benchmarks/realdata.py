@@ -17,14 +17,14 @@ test DSC as mean ± std over seeds with the paired t-test over seeds of each IFE
 against UNet. Per-structure reports are in ``OUTPUT/<structure>/report``.
 
 The training budget is a number of optimiser steps, the same for every structure (a few dozen
-training slices make 3 to 8 steps per pass, so a fixed epoch count would give the smallest
-structure the fewest updates). An epoch here is as many shuffled passes over the training
-slices as make about ``--epoch-steps`` steps, so that validation and the end-of-epoch
-checkpoint come about 20 times per run rather than after every 3 steps. Adam at ``--lr`` runs
-for the first three quarters of the epochs, then at a tenth of it (the step decay of
-:class:`ife_jax.train.config.TrainConfig`). Slices of about 100 x 120 px are trained and
-evaluated at ``--size`` px (96 keeps a small kidney section at a few dozen pixels; metrics are
-computed at the original size).
+training slices make 3 to 8 steps per epoch, so a fixed epoch count would give the smallest
+structure the fewest updates): as many epochs as make about ``--steps`` steps. Validation and
+the checkpoint come every few epochs (about ``--epoch-steps`` steps apart, so about 20 times per
+run rather than after every 3 steps). Adam at ``--lr`` runs for the first three quarters of the
+epochs, then at a tenth of it (the step decay of :class:`ife_jax.train.config.TrainConfig`).
+Slices of about 100 x 120 px are trained and evaluated at ``--size`` px (96 keeps a small kidney
+section at a few dozen pixels; metrics are computed at the original size). ``--jobs`` runs train
+at once, each in its own process on its share of the cores (default: one per core, at most 4).
 """
 
 from __future__ import annotations
@@ -36,47 +36,25 @@ import time
 from pathlib import Path
 
 import tfds_cosmos
-from ife_jax.train.compare import compare, convergence
+from ife_jax.train.compare import compare, convergence, default_jobs
 from ife_jax.train.config import TrainConfig
-from ife_jax.train.datasets import GrainTrainInput, load_examples
 
 #: The narrow UNet of the CPU benchmarks (the reference UNet has widths 64 ... 1024).
 WIDTHS = (8, 16, 32, 64, 128)
 
 
-class Passes:
-    """``passes`` copies of a random-access source end to end: one epoch of the training loader
-    over it is that many passes over the source (shuffled together)."""
-
-    def __init__(self, source, passes: int):
-        self.source, self.passes, self.n = source, passes, len(source)
-
-    def __len__(self) -> int:
-        return self.passes * self.n
-
-    def __getitem__(self, i):
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.source[i % self.n]
-
-
-def passes_per_epoch(train_examples: int, args: argparse.Namespace) -> int:
-    """Passes over ``train_examples`` slices that make about ``args.epoch_steps`` steps."""
+def structure_config(
+    dataset: str, data_dir: str, *, train_examples: int, args: argparse.Namespace
+) -> TrainConfig:
+    """The baseline run of one structure: whole epochs that make about ``args.steps`` steps of
+    ``args.batch_size`` slices, validated and checkpointed about every ``args.epoch_steps``."""
     if train_examples < args.batch_size:
         raise ValueError(
             f"{train_examples} training slices, fewer than --batch-size {args.batch_size}"
         )
-    return max(1, round(args.epoch_steps * args.batch_size / train_examples))
-
-
-def structure_config(
-    dataset: str, data_dir: str, *, train_examples: int, args: argparse.Namespace
-) -> TrainConfig:
-    """The baseline run of one structure: about ``args.steps`` steps of ``args.batch_size``
-    slices (whole epochs of :func:`passes_per_epoch` passes)."""
-    passes = passes_per_epoch(train_examples, args)
-    steps_per_epoch = passes * train_examples // args.batch_size  # the last partial batch drops
+    steps_per_epoch = train_examples // args.batch_size  # the last partial batch drops
     epochs = math.ceil(args.steps / steps_per_epoch)
+    every = max(1, round(args.epoch_steps / steps_per_epoch))
     return TrainConfig(
         model="unet",
         model_kwargs={"widths": WIDTHS},
@@ -96,20 +74,9 @@ def structure_config(
         train_sizes=(args.size,),
         eval_size=args.size,
         precision="float32",
-        eval_every_epochs=1,
+        eval_every_epochs=every,
+        checkpoint_every_epochs=every,
     )
-
-
-def make_inputs(passes: int):
-    """``train_and_evaluate``'s ``inputs``: the training split repeated ``passes`` times per
-    epoch, and the validation split."""
-
-    def inputs(config: TrainConfig):
-        train = tfds_cosmos.load(config.dataset, split=config.train_split, data_dir=config.data_dir)
-        val = load_examples(config.dataset, config.eval_split, data_dir=config.data_dir)
-        return GrainTrainInput(Passes(train, passes), config), val
-
-    return inputs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,6 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's rate before the decay")
     p.add_argument("--size", type=int, default=96, help="training and evaluation size (px)")
+    p.add_argument("--jobs", type=int, default=default_jobs(), help="runs trained at once")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -146,10 +114,10 @@ def main(argv=None) -> None:
             train_examples=splits["train"],
             args=args,
         )
-        passes = passes_per_epoch(splits["train"], args)
         print(
-            f"{structure}: {builder.info.full_name} {splits}; {base.epochs} epochs of {passes} "
-            f"passes ({passes * splits['train'] // args.batch_size} steps)",
+            f"{structure}: {builder.info.full_name} {splits}; {base.epochs} epochs of "
+            f"{splits['train'] // args.batch_size} steps, validated every "
+            f"{base.eval_every_epochs}",
             flush=True,
         )
         about = (
@@ -161,7 +129,7 @@ def main(argv=None) -> None:
             args.variants.split(","),
             output / structure,
             seeds=args.seeds,
-            inputs=make_inputs(passes),
+            jobs=args.jobs,
             progress=not args.no_progress,
             about=about,
         )

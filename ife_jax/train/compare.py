@@ -203,14 +203,16 @@ def paired_seed_test(baseline: Sequence[float], variant: Sequence[float]) -> dic
 
 def convergence(curve: Sequence[tuple[int, float]]) -> float:
     """How much validation Dice the last quarter of epochs gained: the best value after epoch
-    ``E - E // 4`` minus the value at that epoch (``E`` the last epoch; NaN for a curve of
-    fewer than 4 epochs). A converged run gains less than 0.01."""
+    ``E - E // 4`` minus the value there (``E`` the last epoch). When validation ran only every
+    few epochs, the reference is the last validated epoch at or before ``E - E // 4``. NaN for a
+    curve of fewer than 4 epochs or with no validation that early. A converged run gains less
+    than 0.01."""
     points = dict(curve)
     if not points or max(points) < 4:
         return math.nan
     last = max(points)
-    start = last - last // 4
-    if start not in points:
+    start = max((e for e in points if e <= last - last // 4), default=None)
+    if start is None:
         return math.nan
     return max(v for e, v in points.items() if e >= start) - points[start]
 

@@ -259,6 +259,12 @@ def test_convergence_is_the_gain_over_the_last_quarter():
     assert convergence(curve) == pytest.approx(0.001)
     assert convergence(curve[:6]) == pytest.approx(0.85 - 0.84)  # from epoch 5 to 6
     assert math.isnan(convergence(curve[:3]))
+    # Validation every 3 epochs of 12: the quarter starts at epoch 9, validated; of 10, at
+    # epoch 8, so the reference is epoch 6.
+    sparse = [(3, 0.6), (6, 0.8), (9, 0.82), (12, 0.825)]
+    assert convergence(sparse) == pytest.approx(0.005)
+    assert convergence([(3, 0.6), (6, 0.8), (9, 0.79), (10, 0.83)]) == pytest.approx(0.03)
+    assert math.isnan(convergence([(10, 0.8)]))
 
 
 def test_the_validated_epoch_is_read_from_new_whole_lines(tmp_path):
