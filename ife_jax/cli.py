@@ -449,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=_positive_int,
         default=1,
-        help="runs trained at once, each in its own process on its share of the CPU cores "
-        "(default 1; small networks on a CPU: one per core)",
+        help="runs trained at once, each in its own process on its share of the CPU cores, or "
+        "sharing all of them when there are more runs than cores (default 1; small networks on "
+        "a CPU: one per core)",
     )
     _add_config_flags(p)
     p.set_defaults(func=_compare)
@@ -537,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=_positive_int,
         default=None,
-        help="runs trained at once (default: one per CPU core, at most 4, on a CPU)",
+        help="runs trained at once (default on a CPU: one per core, at most 4, or up to twice "
+        "that sharing the cores when the runs end sooner, e.g. 3 for 9 runs on 2 cores)",
     )
     p.set_defaults(func=_demo)
     _add_nnunet(add)

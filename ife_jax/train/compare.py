@@ -446,12 +446,26 @@ def usable_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def default_jobs(limit: int = 4) -> int:
-    """Runs at once for small networks: one per usable CPU core (at most ``limit``, each
-    process holds its own copy of the data and programs) on the CPU backend, else 1."""
+def default_jobs(limit: int = 4, runs: int | None = None) -> int:
+    """Runs at once for small networks on the CPU backend (else 1): one per usable core, at most
+    ``limit`` (each process holds its own copy of the data and programs). Given the number of
+    ``runs``, up to twice as many as cores when that ends sooner: 9 equal runs one per core on
+    2 cores take 5 rounds, the last on one core; 3 at a time sharing the 2 cores take 3 rounds
+    of 1.5 run-times each (see :func:`_cpu_groups`)."""
     import jax
 
-    return max(1, min(limit, len(usable_cpus()))) if jax.default_backend() == "cpu" else 1
+    if jax.default_backend() != "cpu":
+        return 1
+    cores = len(usable_cpus())
+    base = max(1, min(limit, cores))
+    if runs is None:
+        return base
+
+    def makespan(jobs: int) -> float:  # in run-times, when runs share the cores evenly
+        return math.ceil(runs / jobs) * max(jobs, cores) / cores
+
+    candidates = range(base, max(base, min(limit, 2 * cores)) + 1)
+    return min(candidates, key=lambda jobs: (makespan(jobs), jobs))
 
 
 def _check_jobs(jobs: int, *, inputs, examples) -> None:
@@ -469,16 +483,45 @@ def _check_jobs(jobs: int, *, inputs, examples) -> None:
                          f"process uses {jax.default_backend()!r}, use jobs=1")  # fmt: skip
 
 
-def _cpu_groups(jobs: int) -> list[list[int]]:
-    """``jobs`` disjoint, near-equal groups of the usable cores (empty groups when fewer)."""
+def _cpu_groups(jobs: int) -> list[tuple[list[int], list[int]]]:
+    """Where each of ``jobs`` runs at once may run, as ``(pool, cores)``: JAX sizes its thread
+    pools while the run is pinned to ``pool``, then the run may use ``cores``. With at most one
+    run per core, ``jobs`` disjoint near-equal groups (``pool == cores``); with more runs than
+    cores, every run gets a one-core pool and all the cores, which the runs then share."""
     cpus = usable_cpus()
+    if jobs > len(cpus):
+        return [([cpus[k % len(cpus)]], cpus) for k in range(jobs)]
     size, extra = divmod(len(cpus), jobs)
     groups, start = [], 0
     for k in range(jobs):
         stop = start + size + (k < extra)
-        groups.append(cpus[start:stop])
+        groups.append((cpus[start:stop], cpus[start:stop]))
         start = stop
     return groups
+
+
+def _pin(pool: list[int], cores: list[int]) -> None:
+    """Pins this process to ``pool`` while JAX's CPU client makes its thread pools, then lets
+    every thread run on ``cores`` (a pool of one thread per ``pool`` core, on shared cores)."""
+    if not pool or not hasattr(os, "sched_setaffinity"):
+        return
+    _set_affinity(pool)  # before JAX sizes its thread pools
+    if sorted(cores) == sorted(pool):
+        return
+    import jax.numpy as jnp
+
+    x = jnp.ones((64, 64))
+    (x @ x).block_until_ready()  # the client and its pools exist now
+    _set_affinity(cores)
+
+
+def _set_affinity(cpus: list[int]) -> None:
+    """Every thread of this process (threads started by imports too) may run on ``cpus``."""
+    os.sched_setaffinity(0, cpus)
+    with contextlib.suppress(OSError):  # no /proc: the calling thread only
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(int(tid), cpus)
 
 
 class _ValidatedEpoch:
@@ -532,6 +575,7 @@ def _run_parallel(todo, configs, results, output: Path, *, jobs: int, split: str
             while queue and free:
                 v, s = queue.pop(0)
                 cpus, workdir = free.pop(0), output / v.folder / f"seed{s}"
+                pool, cores = cpus
                 log_path = logs / f"{v.folder}_seed{s}.log"
                 log = open(log_path, "a")  # closed when the process ends
                 job = {
@@ -539,7 +583,8 @@ def _run_parallel(todo, configs, results, output: Path, *, jobs: int, split: str
                     "workdir": str(workdir),
                     "name": v.name,
                     "split": split,
-                    "cpus": cpus,
+                    "pool": pool,
+                    "cpus": cores,
                 }
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "ife_jax.train.compare", "--worker"],
@@ -549,7 +594,8 @@ def _run_parallel(todo, configs, results, output: Path, *, jobs: int, split: str
                 proc.stdin.write(json.dumps(job))
                 proc.stdin.close()
                 running[v, s] = (proc, log, cpus, workdir, _ValidatedEpoch(workdir))
-                say(f"== {v.name}, seed {s} ({workdir}; log {log_path}; cores {cpus})")
+                shared = f", shared by {jobs} runs" if pool != cores else ""
+                say(f"== {v.name}, seed {s} ({workdir}; log {log_path}; cores {cores}{shared})")
             time.sleep(0.5)
             for (v, s), (proc, log, cpus, workdir, _) in list(running.items()):
                 if proc.poll() is None:
@@ -607,8 +653,7 @@ def _worker() -> None:
     """One run of a parallel comparison: the job (JSON on stdin) as ``compare`` builds it."""
     job = json.loads(sys.stdin.read())
     _die_with_parent()
-    if job["cpus"] and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, job["cpus"])  # before JAX sizes its thread pool
+    _pin(job["pool"], job["cpus"])
     config = TrainConfig.from_dict(job["config"])
     _run_one(config, Path(job["workdir"]), name=job["name"], split=job["split"], inputs=None,
              examples=None, progress=False)  # fmt: skip

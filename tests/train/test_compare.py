@@ -229,6 +229,36 @@ def test_a_failed_worker_run_is_named_with_its_log(tmp_path, train_env):
     assert "Traceback" not in out.stderr  # one line from the CLI, the log holds the rest
 
 
+_THREADS = """
+import json, os, sys
+from ife_jax.train.compare import _pin, usable_cpus
+cpus = usable_cpus()
+_pin(cpus[:1], cpus if sys.argv[1] == "shared" else cpus[:1])
+import jax.numpy as jnp
+x = jnp.ones((64, 64))
+(x @ x).block_until_ready()
+tids = os.listdir("/proc/self/task")
+print(json.dumps([len(tids), sorted({tuple(sorted(os.sched_getaffinity(int(t)))) for t in tids})]))
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or len(compare_module.usable_cpus()) < 2,
+    reason="thread affinity: Linux with 2 cores or more",
+)
+def test_a_run_on_shared_cores_has_one_core_pools_and_may_use_every_core():
+    def threads(mode):
+        out = subprocess.run([sys.executable, "-c", _THREADS, mode], capture_output=True,
+                             text=True, check=True, timeout=120)  # fmt: skip
+        return json.loads(out.stdout)
+
+    cpus = compare_module.usable_cpus()
+    pinned, shared = threads("pinned"), threads("shared")
+    assert pinned[1] == [[cpus[0]]]
+    assert shared[1] == [cpus]  # every thread may run on every core
+    assert shared[0] == pinned[0]  # with the thread pools of a one-core process
+
+
 def test_jobs_are_checked_and_cores_split(monkeypatch):
     from ife_jax.train.config import preset
 
@@ -238,11 +268,23 @@ def test_jobs_are_checked_and_cores_split(monkeypatch):
     with pytest.raises(ValueError, match="inputs=None"):
         compare_module.compare(base, ["unet"], "/nonexistent/never", jobs=2, inputs=lambda: 0)
     monkeypatch.setattr(compare_module, "usable_cpus", lambda: [0, 1, 2])
-    assert compare_module._cpu_groups(2) == [[0, 1], [2]]
-    assert compare_module._cpu_groups(3) == [[0], [1], [2]]
-    assert compare_module._cpu_groups(1) == [[0, 1, 2]]
+    assert compare_module._cpu_groups(2) == [([0, 1], [0, 1]), ([2], [2])]
+    assert compare_module._cpu_groups(3) == [([0], [0]), ([1], [1]), ([2], [2])]
+    assert compare_module._cpu_groups(1) == [([0, 1, 2], [0, 1, 2])]
+    # More runs than cores: one-core pools, all cores shared.
+    assert compare_module._cpu_groups(4) == [([k % 3], [0, 1, 2]) for k in range(4)]
     assert compare_module.default_jobs(limit=2) == 2  # the tests run on the CPU backend
     assert compare_module.default_jobs() == 3
+    # 9 runs on 3 cores: 3 rounds one per core; 4 at once would need 3 rounds as well, slower.
+    assert compare_module.default_jobs(runs=9) == 3
+    monkeypatch.setattr(compare_module, "usable_cpus", lambda: [0, 1])
+    # 9 runs on 2 cores: 5 rounds of one run per core (makespan 5 run-times) or 3 rounds of 3
+    # runs sharing 2 cores (4.5); 4 at once: 3 rounds of 2 run-times each (6).
+    assert compare_module.default_jobs(runs=9) == 3
+    assert compare_module.default_jobs(runs=8) == 2  # 4 rounds; 3 at once: 3 x 1.5
+    assert compare_module.default_jobs(runs=9, limit=2) == 2
+    monkeypatch.setattr(compare_module, "usable_cpus", lambda: [0])
+    assert compare_module.default_jobs(runs=9) == 1  # 2 at once on 1 core: 5 rounds of 2
 
 
 @pytest.mark.parametrize("flag", ["0", "-1", "two"])
