@@ -141,7 +141,7 @@ def main(argv=None) -> None:
             lines.append(f"| {structure} | {name} | {mean:.2f} ± {sd:.2f} | {seeds} |")
             gains = [100 * convergence(r["curve"]) for r in runs.values()]
             notes.append(
-                f"{structure} {name}: validation Dice gained over the last quarter of epochs "
+                f"{structure} {name}: best validation Dice gained over the last quarter of epochs "
                 + ", ".join(f"{g:+.2f}" for g in gains)
                 + " points"
             )

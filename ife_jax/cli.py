@@ -538,8 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=_positive_int,
         default=None,
-        help="runs trained at once (default on a CPU: one per core, at most 4, or up to twice "
-        "that sharing the cores when the runs end sooner, e.g. 3 for 9 runs on 2 cores)",
+        help="runs trained at once (default: one per CPU core, at most 4, on a CPU)",
     )
     p.set_defaults(func=_demo)
     _add_nnunet(add)

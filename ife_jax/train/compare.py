@@ -202,19 +202,23 @@ def paired_seed_test(baseline: Sequence[float], variant: Sequence[float]) -> dic
 
 
 def convergence(curve: Sequence[tuple[int, float]]) -> float:
-    """How much validation Dice the last quarter of epochs gained: the best value after epoch
-    ``E - E // 4`` minus the value there (``E`` the last epoch). When validation ran only every
-    few epochs, the reference is the last validated epoch at or before ``E - E // 4``. NaN for a
+    """How much the best validation Dice rose over the last quarter of epochs: the best value of
+    the whole curve minus the best up to epoch ``E - E // 4`` (``E`` the last epoch; with
+    validation every few epochs, up to the last validated epoch at or before it). NaN for a
     curve of fewer than 4 epochs or with no validation that early. A converged run gains less
-    than 0.01."""
+    than 0.01.
+
+    The running best is the curve that matters: the test scores come from the checkpoint of
+    best validation Dice. A dip at the quarter's first epoch is not counted as a gain; a new
+    best in the last quarter is, by how much it beats every earlier epoch."""
     points = dict(curve)
     if not points or max(points) < 4:
         return math.nan
     last = max(points)
-    start = max((e for e in points if e <= last - last // 4), default=None)
-    if start is None:
+    before = [v for e, v in points.items() if e <= last - last // 4]
+    if not before:
         return math.nan
-    return max(v for e, v in points.items() if e >= start) - points[start]
+    return max(points.values()) - max(before)
 
 
 def verdict(test: dict, *, baseline: str, variant: str, metric: str = "DSC") -> str:
@@ -446,26 +450,12 @@ def usable_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def default_jobs(limit: int = 4, runs: int | None = None) -> int:
-    """Runs at once for small networks on the CPU backend (else 1): one per usable core, at most
-    ``limit`` (each process holds its own copy of the data and programs). Given the number of
-    ``runs``, up to twice as many as cores when that ends sooner: 9 equal runs one per core on
-    2 cores take 5 rounds, the last on one core; 3 at a time sharing the 2 cores take 3 rounds
-    of 1.5 run-times each (see :func:`_cpu_groups`)."""
+def default_jobs(limit: int = 4) -> int:
+    """Runs at once for small networks: one per usable CPU core (at most ``limit``, each
+    process holds its own copy of the data and programs) on the CPU backend, else 1."""
     import jax
 
-    if jax.default_backend() != "cpu":
-        return 1
-    cores = len(usable_cpus())
-    base = max(1, min(limit, cores))
-    if runs is None:
-        return base
-
-    def makespan(jobs: int) -> float:  # in run-times, when runs share the cores evenly
-        return math.ceil(runs / jobs) * max(jobs, cores) / cores
-
-    candidates = range(base, max(base, min(limit, 2 * cores)) + 1)
-    return min(candidates, key=lambda jobs: (makespan(jobs), jobs))
+    return max(1, min(limit, len(usable_cpus()))) if jax.default_backend() == "cpu" else 1
 
 
 def _check_jobs(jobs: int, *, inputs, examples) -> None:

@@ -25,9 +25,8 @@ def run_demo(
     ``demo`` preset), evaluates every run on the test split and writes the seed-level comparison
     to ``output/report``; run ``S`` of a variant lives in ``output/<variant>/seed<S>`` and a
     rerun resumes where an interrupted demo stopped. ``jobs`` runs train at once, each in its own
-    process on its share of the CPU cores (default: :func:`ife_jax.train.compare.default_jobs` for
-    the number of runs: one per core on a CPU, the narrow network does not keep two cores busy,
-    or a few more sharing the cores when that ends sooner, 3 for 9 runs on 2 cores).
+    process on its share of the CPU cores (default: :func:`ife_jax.train.compare.default_jobs`,
+    one per core on a CPU: the narrow network does not keep two cores busy).
 
     Returns:
       What :func:`ife_jax.train.compare.compare` returns, plus ``"minutes"`` (wall time) and
@@ -37,7 +36,7 @@ def run_demo(
     from ife_jax.train.compare import compare, convergence, default_jobs
 
     start, cpu_start = time.perf_counter(), _cpu_seconds()
-    jobs = default_jobs(runs=len(VARIANTS) * seeds) if jobs is None else jobs
+    jobs = default_jobs() if jobs is None else jobs
     output = Path(output).absolute()
     data_dir = str(data_dir or output / "tfds")
     config = preset("demo", data_dir=data_dir, **({"epochs": epochs} if epochs else {}))
@@ -64,7 +63,7 @@ def run_demo(
         jobs=jobs,
     )
     print("\n" + result["text"]["standard"])
-    print("Convergence (validation Dice gained over the last quarter of epochs):")
+    print("Convergence (best validation Dice gained over the last quarter of epochs):")
     for name, runs in result["runs"].items():
         gains = {s: convergence(run["curve"]) for s, run in runs.items()}
         cells = ", ".join(f"seed {s} {100 * g:+.2f}" for s, g in gains.items())
