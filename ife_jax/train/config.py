@@ -313,7 +313,8 @@ PRESETS: dict[str, TrainConfig] = {
     # runs gained > 1 point in their last quarter; 8 epochs of this recipe: 2 of 9). A
     # checkpoint every 4 epochs instead of every epoch: a killed run redoes at most 4 epochs.
     # At 2e-3 the networks learn faster than at 1e-3 in the same 10 epochs (8 of 9 runs
-    # converged, 7 of 9 at 1e-3; plain UNet test DSC 89.2% against 87.8%).
+    # converged, 7 of 9 at 1e-3, measured from the quarter's first epoch; 9 of 9 by the rise of
+    # the best validation Dice; plain UNet test DSC 89.2% against 87.8%).
     "demo": TrainConfig(
         model="unet",
         dataset="synthetic/small",
