@@ -201,7 +201,7 @@ def paired_seed_test(baseline: Sequence[float], variant: Sequence[float]) -> dic
     return {**out, "ci_low": d.mean() - half, "ci_high": d.mean() + half, "t": t, "p": p}
 
 
-def convergence(curve: Sequence[tuple[int, float]]) -> float:
+def convergence(curve: Sequence[tuple[int, float]], *, from_best: bool = True) -> float:
     """How much the best validation Dice rose over the last quarter of epochs: the best value of
     the whole curve minus the best up to epoch ``E - E // 4`` (``E`` the last epoch; with
     validation every few epochs, up to the last validated epoch at or before it). NaN for a
@@ -210,15 +210,20 @@ def convergence(curve: Sequence[tuple[int, float]]) -> float:
 
     The running best is the curve that matters: the test scores come from the checkpoint of
     best validation Dice. A dip at the quarter's first epoch is not counted as a gain; a new
-    best in the last quarter is, by how much it beats every earlier epoch."""
+    best in the last quarter is, by how much it beats every earlier epoch. With
+    ``from_best=False`` the reference is the value at the quarter's first (validated) epoch
+    alone, so such a dip counts."""
     points = dict(curve)
     if not points or max(points) < 4:
         return math.nan
     last = max(points)
-    before = [v for e, v in points.items() if e <= last - last // 4]
+    before = {e: v for e, v in points.items() if e <= last - last // 4}
     if not before:
         return math.nan
-    return max(points.values()) - max(before)
+    start = max(before)
+    if from_best:
+        return max(points.values()) - max(before.values())
+    return max(v for e, v in points.items() if e >= start) - points[start]
 
 
 def verdict(test: dict, *, baseline: str, variant: str, metric: str = "DSC") -> str:

@@ -304,6 +304,10 @@ def test_convergence_is_the_gain_of_the_best_over_the_last_quarter():
     ]
     assert convergence(dip) == pytest.approx(0.005)
     assert convergence(dip[:9]) == pytest.approx(0.0)  # 9 epochs: from epoch 7, nothing beats 0.9
+    # From the value at the quarter's first epoch (8 of 10: 0.86) instead, the dip counts.
+    assert convergence(dip, from_best=False) == pytest.approx(0.905 - 0.86)
+    assert convergence(curve, from_best=False) == pytest.approx(0.001)
+    assert convergence(sparse, from_best=False) == pytest.approx(0.005)
 
 
 def test_the_validated_epoch_is_read_from_new_whole_lines(tmp_path):
@@ -322,3 +326,32 @@ def test_the_validated_epoch_is_read_from_new_whole_lines(tmp_path):
     assert watch() == 3
     log.write_text('{"step": 2, "epoch": 1, "val_dice": 0.5}\n')  # a resumed run rewrote it
     assert watch() == 1
+
+
+def test_the_demo_prints_both_convergence_measures_of_every_run(tmp_path, monkeypatch, capsys):
+    import types
+
+    import tfds_cosmos
+    from ife_jax.train import demo
+
+    # The demo's printing on hand-made curves (training is what the compare tests cover).
+    curves = {
+        "UNet": {0: [(e, 0.8 + 0.01 * e) for e in range(1, 9)]},  # +0.02 in the last quarter
+        "UNet+C": {0: [(1, 0.5), (2, 0.9), (3, 0.8), (4, 0.85)]},  # a dip: +0.00 / +0.05
+    }
+    result = {
+        "runs": {n: {s: {"curve": c} for s, c in runs.items()} for n, runs in curves.items()},
+        "text": {"standard": "(tables)"},
+        "report": tmp_path / "report",
+    }
+    split = types.SimpleNamespace(num_examples=1)
+    builder = types.SimpleNamespace(info=types.SimpleNamespace(
+        splits={"train": split, "test": split}, full_name="synthetic/small/1.2.0"))  # fmt: skip
+    monkeypatch.setattr(tfds_cosmos, "build", lambda *a, **k: builder)
+    monkeypatch.setattr(compare_module, "compare", lambda *a, **k: result)
+    demo.run_demo(tmp_path / "demo", seeds=1, progress=False, jobs=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert "  UNet: seed 0 +2.00 points (NOT converged: < 1 point; from the quarter's first " \
+        "epoch: +2.00)" in lines  # fmt: skip
+    assert "  UNet+C: seed 0 +0.00 points (converged: < 1 point; from the quarter's first " \
+        "epoch: +5.00)" in lines  # fmt: skip
