@@ -14,6 +14,7 @@ summary). :class:`_Run` holds what they share.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -150,16 +151,22 @@ def default_inputs(config: TrainConfig):
 
 def _validate(eval_step, variables, examples, config, mesh) -> float:
     """Mean Dice of the thresholded predictions over the validation examples, streamed: one
-    batch of images and maps is held at a time."""
+    batch of images, masks and maps is held at a time, and each example is read once (a lazy
+    sequence decodes its image and mask on every access)."""
+    masks = collections.deque()
+
+    def images():
+        for ex in examples:
+            masks.append(ex.mask)
+            yield ex.image
+
     probs = iter_predictions(
-        eval_step,
-        variables,
-        (ex.image for ex in examples),
-        size=config.eval_size,
-        batch_size=config.batch_size,
+        eval_step, variables, images(), size=config.eval_size, batch_size=config.batch_size,
         mesh=mesh,
-    )
-    scores = [dice(p >= 0.5, ex.mask > 0) for p, ex in zip(probs, examples, strict=True)]
+    )  # fmt: skip
+    scores = [dice(p >= 0.5, masks.popleft() > 0) for p in probs]
+    if masks or len(scores) != len(examples):
+        raise RuntimeError(f"{len(scores)} validation maps for {len(examples)} examples")
     return float(np.mean(scores))
 
 

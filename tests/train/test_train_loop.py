@@ -329,3 +329,48 @@ def test_metrics_log_drops_records_past_the_resumed_step(tmp_path):
         (4, True),
         (4, False),
     ]
+
+
+def test_validation_reads_each_example_once_and_scores_every_map():
+    import jax
+
+    from ife_jax.train import loop
+    from ife_jax.train.config import TrainConfig
+    from ife_jax.train.inference import dice, predict_images
+    from ife_jax.train.input import Example
+    from ife_jax.train.sharding import make_mesh
+
+    rng = np.random.default_rng(0)
+    examples = [
+        Example(
+            image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+            mask=(rng.random((h, w)) > 0.5).astype(np.uint8),
+            image_id=str(i),
+            modality="CT",
+            anatomy="x",
+        )  # fmt: skip
+        for i, (h, w) in enumerate([(20, 30), (33, 17), (24, 24), (40, 21), (18, 18)])
+    ]
+
+    class Counted:  # a lazy sequence that counts its reads
+        reads = 0
+
+        def __len__(self):
+            return len(examples)
+
+        def __iter__(self):
+            for ex in examples:
+                Counted.reads += 1
+                yield ex
+
+    def eval_step(variables, batch):  # any function of the image
+        return jax.nn.sigmoid(4 * (batch[..., :1] - batch[..., 1:2]))
+
+    config = TrainConfig(model="unet", batch_size=2, eval_size=16)
+    mesh = make_mesh()
+    got = loop._validate(eval_step, None, Counted(), config, mesh)
+    assert Counted.reads == len(examples)
+    maps = predict_images(eval_step, None, [ex.image for ex in examples], size=16,
+                          batch_size=2, mesh=mesh)  # fmt: skip
+    want = np.mean([dice(m >= 0.5, ex.mask > 0) for m, ex in zip(maps, examples, strict=True)])
+    assert got == pytest.approx(float(want), rel=0, abs=0)
