@@ -149,6 +149,39 @@ def default_inputs(config: TrainConfig):
     return load_inputs(config)
 
 
+#: Validation examples decoded at the first validation are kept while they take at most this
+#: many bytes (images and masks), so that a small split is not decoded again every epoch.
+KEEP_DECODED_BYTES = 256 * 2**20
+
+
+class _DecodedOnce:
+    """The validation examples: read lazily, as given, until one whole pass has shown they fit
+    :data:`KEEP_DECODED_BYTES`; from then on the examples of that pass. A larger split stays
+    lazy (one batch held at a time)."""
+
+    def __init__(self, examples, budget: int = KEEP_DECODED_BYTES):
+        self.examples, self.budget, self.kept, self.too_big = examples, budget, None, False
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self):
+        if self.kept is not None:
+            yield from self.kept
+            return
+        kept, size = [], 0
+        for ex in self.examples:
+            if not self.too_big:
+                size += ex.image.nbytes + ex.mask.nbytes
+                if size > self.budget:
+                    self.too_big, kept = True, []
+                else:
+                    kept.append(ex)
+            yield ex
+        if not self.too_big:
+            self.kept = kept
+
+
 def _validate(eval_step, variables, examples, config, mesh) -> float:
     """Mean Dice of the thresholded predictions over the validation examples, streamed: one
     batch of images, masks and maps is held at a time, and each example is read once (a lazy
@@ -318,7 +351,7 @@ def _set_up(config: TrainConfig, workdir: Path, inputs: Callable) -> _Run:
         workdir=workdir,
         mesh=mesh,
         train_input=train_input,
-        val_examples=val_examples,
+        val_examples=_DecodedOnce(val_examples),
         steps_per_epoch=spe,
         model=model,
         schedule=learning_rate_schedule(config, spe),

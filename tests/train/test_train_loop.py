@@ -374,3 +374,37 @@ def test_validation_reads_each_example_once_and_scores_every_map():
                           batch_size=2, mesh=mesh)  # fmt: skip
     want = np.mean([dice(m >= 0.5, ex.mask > 0) for m, ex in zip(maps, examples, strict=True)])
     assert got == pytest.approx(float(want), rel=0, abs=0)
+
+
+def test_validation_examples_are_kept_decoded_only_when_small():
+    from ife_jax.train.input import Example
+    from ife_jax.train.loop import _DecodedOnce
+
+    reads = []
+
+    class Lazy:  # decodes (here: builds) an example on every read
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            for i in range(3):
+                reads.append(i)
+                image, mask = np.full((4, 5, 3), i, np.uint8), np.zeros((4, 5), np.uint8)
+                yield Example(image=image, mask=mask, image_id=str(i), modality="CT", anatomy="x")
+
+    each = 4 * 5 * 3 + 4 * 5  # bytes of one image and its mask
+    small = _DecodedOnce(Lazy(), budget=3 * each)
+    first = [int(ex.image[0, 0, 0]) for ex in small]
+    assert first == [0, 1, 2] and reads == [0, 1, 2] and len(small) == 3
+    assert [int(ex.image[0, 0, 0]) for ex in small] == first
+    assert reads == [0, 1, 2]  # the second pass read nothing
+    reads.clear()
+    large = _DecodedOnce(Lazy(), budget=3 * each - 1)  # one byte short: stays lazy
+    for _ in range(2):
+        assert [int(ex.image[0, 0, 0]) for ex in large] == [0, 1, 2]
+    assert reads == [0, 1, 2, 0, 1, 2]
+    reads.clear()
+    partial = _DecodedOnce(Lazy(), budget=3 * each)
+    next(iter(partial))  # a pass left unfinished keeps nothing
+    assert [int(ex.image[0, 0, 0]) for ex in partial] == [0, 1, 2]
+    assert reads == [0, 0, 1, 2]
