@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from ife_jax.nn import conv as conv_module
 from ife_jax.nn.conv import (
     ConvTranspose,
     col2im_input_grad,
@@ -25,6 +26,15 @@ from ife_jax.nn.conv import (
 
 U = 2.0**-24
 NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture(autouse=True)
+def custom_gradient_at_every_size(request, monkeypatch):
+    """The tests below exercise the custom gradients on small shapes, which by default keep
+    XLA's own (see ``CUSTOM_GRAD_MIN_FLOPS``); the size rule has its own test."""
+    if "size_rule" not in request.node.name:
+        monkeypatch.setattr(conv_module, "CUSTOM_GRAD_MIN_CHANNELS", 0)
+        monkeypatch.setattr(conv_module, "CUSTOM_GRAD_MIN_FLOPS", 0)
 
 
 def gamma(n):
@@ -310,3 +320,29 @@ def test_conv_transpose_equals_flax(shape, kernel, padding):
     mag = ref.apply(jax.tree.map(jnp.abs, v), jnp.abs(x))  # sum |x| |k| + |bias|
     bound = 2 * gamma(shape[-1] + 2) * np.asarray(mag, np.float64)
     np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - y_ref), bound + 1e-30)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "custom"),
+    [
+        ((2, 96, 96, 32), (3, 3, 32, 64), True),  # 0.68 GFLOP, 32 channels
+        ((2, 96, 96, 16), (3, 3, 16, 64), False),  # 16 input channels
+        ((2, 96, 96, 64), (3, 3, 64, 16), False),  # 16 output channels
+        ((2, 48, 48, 32), (3, 3, 32, 64), False),  # 0.17 GFLOP
+        ((4, 224, 224, 3), (3, 3, 3, 64), False),  # the reference UNet's first convolution
+    ],
+    ids=str,
+)
+def test_size_rule_keeps_xlas_own_gradients_for_small_convolutions(shape, kernel, custom):
+    x, w = jnp.zeros(shape), jnp.zeros(kernel)
+
+    def hlo(conv):
+        def loss(x, w):
+            return jnp.sum(conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC) ** 2)
+
+        return jax.jit(jax.grad(loss, (0, 1))).lower(x, w).as_text()
+
+    # The custom kernel gradient is a product, not a convolution: 2 convolutions instead of 3.
+    convolutions = hlo(conv_general_dilated).count("stablehlo.convolution")
+    assert convolutions == (2 if custom else 3)
+    assert hlo(lax.conv_general_dilated).count("stablehlo.convolution") == 3
