@@ -5,7 +5,7 @@ The data is not part of the repository. Build the folder of real slices first (a
 
     python ../shared/realdata/build_totalseg.py OUT      # writes OUT/dmis2d and OUT/nnunet_raw
 
-then (27 runs, 29 minutes on an idle 2-core CPU, two at a time)::
+then (27 runs, 24 minutes on an idle 2-core CPU, two at a time)::
 
     python benchmarks/realdata.py OUT/dmis2d --output realdata_runs
 
