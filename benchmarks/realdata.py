@@ -92,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's rate before the decay")
     p.add_argument("--size", type=int, default=96, help="training and evaluation size (px)")
-    p.add_argument("--jobs", type=int, default=default_jobs(), help="runs trained at once")
+    p.add_argument("--jobs", type=int, help="runs trained at once (default: one per core, <= 4)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -129,7 +129,7 @@ def main(argv=None) -> None:
             args.variants.split(","),
             output / structure,
             seeds=args.seeds,
-            jobs=args.jobs,
+            jobs=args.jobs or default_jobs(),
             progress=not args.no_progress,
             about=about,
         )

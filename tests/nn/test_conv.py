@@ -28,13 +28,19 @@ U = 2.0**-24
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+#: The size rule as shipped (the fixture below lifts it for every test of this file).
+SIZE_RULE = {
+    "CUSTOM_GRAD_MIN_CHANNELS": conv_module.CUSTOM_GRAD_MIN_CHANNELS,
+    "CUSTOM_GRAD_MIN_FLOPS": conv_module.CUSTOM_GRAD_MIN_FLOPS,
+}
+
+
 @pytest.fixture(autouse=True)
-def custom_gradient_at_every_size(request, monkeypatch):
+def custom_gradient_at_every_size(monkeypatch):
     """The tests below exercise the custom gradients on small shapes, which by default keep
-    XLA's own (see ``CUSTOM_GRAD_MIN_FLOPS``); the size rule has its own test."""
-    if "size_rule" not in request.node.name:
-        monkeypatch.setattr(conv_module, "CUSTOM_GRAD_MIN_CHANNELS", 0)
-        monkeypatch.setattr(conv_module, "CUSTOM_GRAD_MIN_FLOPS", 0)
+    XLA's own (see ``CUSTOM_GRAD_MIN_FLOPS``); the size rule's test puts it back."""
+    for name in SIZE_RULE:
+        monkeypatch.setattr(conv_module, name, 0)
 
 
 def gamma(n):
@@ -333,7 +339,11 @@ def test_conv_transpose_equals_flax(shape, kernel, padding):
     ],
     ids=str,
 )
-def test_size_rule_keeps_xlas_own_gradients_for_small_convolutions(shape, kernel, custom):
+def test_size_rule_keeps_xlas_own_gradients_for_small_convolutions(
+    shape, kernel, custom, monkeypatch
+):
+    for name, value in SIZE_RULE.items():
+        monkeypatch.setattr(conv_module, name, value)
     x, w = jnp.zeros(shape), jnp.zeros(kernel)
 
     def hlo(conv):
