@@ -21,12 +21,30 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 Dtype = Any
 
 
-def batch_norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str | None = None):
+#: The running averages' decay of PyTorch's BatchNorm (its momentum 0.1), the reference's.
+BN_MOMENTUM = 0.9
+
+
+def check_bn_momentum(momentum, *, name: str) -> None:
+    """A BatchNorm decay must be a number in [0, 1)."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise ValueError(f"{name}: bn_momentum must be a number in [0, 1); got {momentum!r}.")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"{name}: bn_momentum must be in [0, 1); got {momentum!r}.")
+
+
+def batch_norm(
+    train: bool,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    name: str | None = None,
+    momentum: float = BN_MOMENTUM,
+):
     """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, epsilon 1e-5); the
     variables and outputs of ``flax.linen.BatchNorm``, with a closed-form gradient."""
     return BatchNorm(
         use_running_average=not train,
-        momentum=0.9,
+        momentum=momentum,
         epsilon=1e-5,
         dtype=dtype,
         param_dtype=param_dtype,
@@ -78,6 +96,7 @@ class ConvBNReLU(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     spatial_dims: int = 2
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -92,7 +111,7 @@ class ConvBNReLU(nn.Module):
             name="conv",
             spatial_dims=self.spatial_dims,
         )(x)
-        x = batch_norm(train, self.dtype, self.param_dtype, name="bn")(x)
+        x = batch_norm(train, self.dtype, self.param_dtype, name="bn", momentum=self.bn_momentum)(x)
         return nn.relu(x)
 
 
@@ -104,6 +123,7 @@ class DoubleConv(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     spatial_dims: int = 2
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -115,6 +135,7 @@ class DoubleConv(nn.Module):
                 param_dtype=self.param_dtype,
                 name=f"block{i}",
                 spatial_dims=self.spatial_dims,
+                bn_momentum=self.bn_momentum,
             )(x, train)
         return x
 

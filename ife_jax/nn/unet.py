@@ -8,7 +8,15 @@ import jax.numpy as jnp
 
 from ife_jax.nn.conv import Conv, ConvTranspose
 from ife_jax.nn.ife import IFE
-from ife_jax.nn.layers import DoubleConv, Dtype, check_ife, check_input, conv_init
+from ife_jax.nn.layers import (
+    BN_MOMENTUM,
+    DoubleConv,
+    Dtype,
+    check_bn_momentum,
+    check_ife,
+    check_input,
+    conv_init,
+)
 from ife_jax.nn.pool import max_pool
 
 
@@ -31,6 +39,9 @@ class UNet(nn.Module):
         (0: no IFE on that skip).
       widths: the five encoder widths.
       entropy_mode, bins: passed to the entropy criterion (see :func:`ife_jax.entropy_scores`).
+      bn_momentum: decay of BatchNorm's running averages, in [0, 1) (default 0.9, PyTorch's
+        0.1). With small batches a decay closer to 1 averages the statistics over more of
+        them, so that evaluation does not follow the last few batches.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: parameter dtype.
 
     Call: ``(B, H, W, C) -> (B, H, W, num_classes)`` logits; H and W divisible by 16.
@@ -43,6 +54,7 @@ class UNet(nn.Module):
     widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
     entropy_mode: str = "paper"
     bins: int = 256
+    bn_momentum: float = BN_MOMENTUM
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -57,24 +69,26 @@ class UNet(nn.Module):
         if len(self.widths) != 5:
             raise ValueError(f"UNet: widths must have 5 entries; got {self.widths!r}.")
         check_input(x, stride=self.stride, name="UNet")
+        check_bn_momentum(self.bn_momentum, name="UNet")
         return unet_body(self, x, train, spatial_dims=2, entropy_mode=self.entropy_mode)
 
 
 def unet_body(module: nn.Module, x: jax.Array, train: bool, *, spatial_dims: int, **ife_options):
     """The UNet of ``module`` (its ``widths``, ``ife``, ``ratios``, ``bins``, ``num_classes``,
-    ``dtype``, ``param_dtype``) on 2-D or 3-D inputs, called from its compact ``__call__``: the
-    encoder, IFE on the skips c2 and c3 (none where the ratio is 0; ``ife_options`` go to
-    :class:`IFE`), the decoder and the 1x1 head. ``UNet`` and ``UNet3D`` differ only in
-    ``spatial_dims`` and their IFE options."""
+    ``bn_momentum``, ``dtype``, ``param_dtype``) on 2-D or 3-D inputs, called from its compact
+    ``__call__``: the encoder, IFE on the skips c2 and c3 (none where the ratio is 0;
+    ``ife_options`` go to :class:`IFE`), the decoder and the 1x1 head. ``UNet`` and ``UNet3D``
+    differ only in ``spatial_dims`` and their IFE options."""
     n = spatial_dims
     kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+    bn = dict(bn_momentum=module.bn_momentum)
     x = x.astype(module.dtype)
 
     skips = []
     for i, width in enumerate(module.widths):
         if i:
             x = max_pool(x, 2)
-        x = DoubleConv(width, spatial_dims=n, name=f"down{i + 1}", **kw)(x, train)
+        x = DoubleConv(width, spatial_dims=n, name=f"down{i + 1}", **kw, **bn)(x, train)
         skips.append(x)
 
     if module.ife is not None:
@@ -97,6 +111,6 @@ def unet_body(module: nn.Module, x: jax.Array, train: bool, *, spatial_dims: int
             width, (2,) * n, strides=(2,) * n, kernel_init=conv_init, name=f"up{j + 1}", **kw
         )(x)
         x = jnp.concatenate([skips[level], x], axis=-1)
-        x = DoubleConv(width, spatial_dims=n, name=f"dec{j + 1}", **kw)(x, train)
+        x = DoubleConv(width, spatial_dims=n, name=f"dec{j + 1}", **kw, **bn)(x, train)
 
     return Conv(module.num_classes, (1,) * n, name="head", **kw)(x)

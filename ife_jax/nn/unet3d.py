@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ife_jax.nn.layers import Dtype, check_ife
+from ife_jax.nn.layers import BN_MOMENTUM, Dtype, check_bn_momentum, check_ife
 from ife_jax.nn.unet import unet_body
 
 #: nnU-Net's 3-D widths: 32 doubling per stage, capped at 320.
@@ -46,6 +46,7 @@ class UNet3D(nn.Module):
       curvature_mode: ``"volume"`` (the 3x3x3 kernel) or ``"slices"`` (the 2-D kernel per D
         slice, for anisotropic volumes); see :func:`ife_jax.curvature_scores`.
       bins: passed to the entropy criterion (see :func:`ife_jax.entropy_scores`).
+      bn_momentum: decay of BatchNorm's running averages, as in :class:`UNet`.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); param_dtype: parameter dtype.
 
     Call: ``(B, D, H, W, C) -> (B, D, H, W, num_classes)`` logits; D, H and W divisible by
@@ -59,6 +60,7 @@ class UNet3D(nn.Module):
     widths: tuple[int, ...] = NNUNET_3D_WIDTHS
     curvature_mode: str = "volume"
     bins: int = 256
+    bn_momentum: float = BN_MOMENTUM
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -73,4 +75,5 @@ class UNet3D(nn.Module):
         if len(self.widths) < 4:
             raise ValueError(f"UNet3D: widths must have at least 4 entries; got {self.widths!r}.")
         check_volume_input(x, stride=self.stride, name="UNet3D")
+        check_bn_momentum(self.bn_momentum, name="UNet3D")
         return unet_body(self, x, train, spatial_dims=3, curvature_mode=self.curvature_mode)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 
 from ife_jax.train.config import TrainConfig
 from ife_jax.train.input import Example
@@ -47,6 +49,45 @@ def load_examples(
     return SourceExamples(_source(dataset, split, data_dir), limit)
 
 
+#: Training records decoded in this process are kept, read-only, while they take at most this
+#: many bytes in all, so that a small dataset is decoded once, not every epoch (decoding a
+#: 350 x 336 PNG pair takes about as long as augmenting it).
+KEEP_DECODED_BYTES = 256 * 2**20
+
+
+class KeptRecords:
+    """A random-access source whose records, once read, are kept while the kept ones take at
+    most ``budget`` bytes (NumPy values counted); later reads of a kept record return the same
+    read-only arrays, so a transform that would change a record in place fails instead of
+    changing the next epoch's data. Records past the budget are read from ``source`` each time.
+    """
+
+    def __init__(self, source, budget: int | None = None):
+        self.source = source
+        self.budget = KEEP_DECODED_BYTES if budget is None else budget
+        self.kept: dict[int, dict] = {}
+        self.size = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.kept.get(i)
+        if record is not None:
+            return record
+        record = self.source[i]
+        nbytes = sum(v.nbytes for v in record.values() if isinstance(v, np.ndarray))
+        with self._lock:
+            if i not in self.kept and self.size + nbytes <= self.budget:
+                for v in record.values():
+                    if isinstance(v, np.ndarray):
+                        v.flags.writeable = False
+                self.kept[i] = record
+                self.size += nbytes
+        return record
+
+
 class GrainTrainInput:
     """The grain training pipeline of ``ife_jax.data`` as the loop consumes it.
 
@@ -69,6 +110,8 @@ class GrainTrainInput:
             raise ValueError(
                 f"batch_size={config.batch_size} exceeds the {len(source)} training examples"
             )
+        if config.num_workers == 0:  # worker processes would each keep their own copy
+            source = KeptRecords(source)
         dataset = make_train_loader(
             source,
             batch_size=local,

@@ -51,6 +51,8 @@ def test_output_shapes_default_widths(size, channels):
         ({"ife": "laplace"}, (1, 64, 64, 3), "ife must be"),
         ({"ife": "entropy", "ratios": (0.5,)}, (1, 64, 64, 3), "ratios"),
         ({"ife": "entropy", "ratios": (0.5, 1.5)}, (1, 64, 64, 3), "ratio"),
+        ({"bn_momentum": 1.0}, (1, 64, 64, 3), r"bn_momentum must be in \[0, 1\); got 1.0"),
+        ({"bn_momentum": "0.9"}, (1, 64, 64, 3), "bn_momentum must be a number"),
     ],
 )
 def test_bad_arguments(kwargs, shape, match):
@@ -155,3 +157,28 @@ def test_c2_only_ife_trains_one_step():
     assert new["dec2"]["block0"]["conv"]["kernel"].shape == (3, 3, 16 * 2, 16)
     _, _, loss1, _ = step(new, opt)
     assert float(loss1) < float(loss0)
+
+
+def test_bn_momentum_reaches_every_batchnorm():
+    """Train mode normalises with the batch's statistics whatever the decay, so every layer sees
+    the same inputs under both decays and each running average is ``m * start + (1 - m) *
+    batch``: recover the batch statistics from the default decay (0.9) and predict 0.75's."""
+    x = jax.random.normal(key(3), (2, 32, 32, 3))
+    default, slow = UNet(widths=TINY, ife="curvature"), UNet(widths=TINY, ife="curvature",
+                                                            bn_momentum=0.75)  # fmt: skip
+    variables = default.init(key(), x)
+    out = {}
+    for name, model in (("default", default), ("slow", slow)):
+        _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        out[name] = updates["batch_stats"]
+    start = variables["batch_stats"]
+    flat = jax.tree_util.tree_leaves_with_path
+    layers = 0
+    for (path, a), (_, b), (_, s0) in zip(flat(out["default"]), flat(out["slow"]), flat(start),
+                                          strict=True):  # fmt: skip
+        batch = (np.asarray(a, np.float64) - 0.9 * np.asarray(s0)) / 0.1
+        np.testing.assert_allclose(b, 0.75 * s0 + 0.25 * batch, rtol=1e-5, atol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))  # fmt: skip
+        assert not np.allclose(a, b), jax.tree_util.keystr(path)  # the decay changed it
+        layers += 1
+    assert layers == 2 * 2 * 9  # mean and var of 2 BatchNorms in each of 9 double convs

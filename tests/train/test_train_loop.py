@@ -408,3 +408,49 @@ def test_validation_examples_are_kept_decoded_only_when_small():
     next(iter(partial))  # a pass left unfinished keeps nothing
     assert [int(ex.image[0, 0, 0]) for ex in partial] == [0, 1, 2]
     assert reads == [0, 0, 1, 2]
+
+
+def test_training_records_are_kept_read_only_within_the_budget_and_batches_do_not_change():
+    from ife_jax.data import make_train_loader
+    from ife_jax.train.datasets import KeptRecords
+
+    reads = []
+
+    class Source:  # decodes (here: builds) a record on every read
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            reads.append(i)
+            rng = np.random.default_rng(i)
+            mask = np.zeros((30 + i, 27, 1), np.uint8)
+            mask[5:15, 4:20] = 1
+            image = rng.integers(0, 256, (30 + i, 27, 3), dtype=np.uint8)
+            return {"image": image, "mask": mask, "image_id": f"CT_Box_{i}".encode()}
+
+    sizes = [(30 + i) * 27 * 4 for i in range(6)]  # image + mask bytes of record i
+    kept = KeptRecords(Source(), budget=sizes[0] + sizes[1])
+    a, b = kept[0], kept[1]
+    assert kept[0] is a and kept[1] is b and reads == [0, 1]
+    assert not a["image"].flags.writeable and not b["mask"].flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        a["image"][0, 0, 0] = 1
+    kept[2], kept[2]
+    assert reads == [0, 1, 2, 2] and len(kept.kept) == 2  # past the budget: read each time
+    assert kept.size == sizes[0] + sizes[1]
+
+    # The full reference augmentation over three epochs reads kept records exactly as fresh ones.
+    def batches(source):
+        loader = make_train_loader(source, batch_size=2, seed=3, sizes=(16, 24), num_epochs=3)
+        return list(loader)
+
+    reads.clear()
+    fresh = batches(Source())
+    assert len(reads) == 18
+    reads.clear()
+    again = batches(KeptRecords(Source()))
+    assert sorted(reads) == list(range(6))  # each record decoded once
+    assert len(fresh) == len(again) == 9
+    for x, y in zip(fresh, again, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["mask"], y["mask"])
