@@ -3,6 +3,7 @@ a comparison that resumes after being killed, and runs trained in worker process
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -257,6 +258,27 @@ def test_a_run_on_shared_cores_has_one_core_pools_and_may_use_every_core():
     assert pinned[1] == [[cpus[0]]]
     assert shared[1] == [cpus]  # every thread may run on every core
     assert shared[0] == pinned[0]  # with the thread pools of a one-core process
+
+
+def test_one_core_workers_get_the_memory_schedule_and_the_users_flags_stay():
+    one, two = [0], [0, 1]
+    env = {"PATH": "/bin", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    got = compare_module._worker_env(env, one)
+    assert got["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", *compare_module.ONE_CORE_XLA_FLAGS]
+    assert got["PATH"] == "/bin" and env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"  # not changed
+    assert compare_module._worker_env(env, two) is env  # more cores: the default schedule
+    assert compare_module._worker_env({}, one)["XLA_FLAGS"].split() == list(
+        compare_module.ONE_CORE_XLA_FLAGS
+    )
+    mine = {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}
+    assert compare_module._worker_env(mine, one) == mine  # the user's choice wins
+    # This JAX accepts the flags (XLA aborts on a flag it does not know).
+    run = subprocess.run(
+        [sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
+        env={**os.environ, **compare_module._worker_env({}, one)}, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == "3.0", run.stderr[-2000:]
 
 
 def test_jobs_are_checked_and_cores_split(monkeypatch):
