@@ -49,9 +49,10 @@ def load_examples(
     return SourceExamples(_source(dataset, split, data_dir), limit)
 
 
-#: Training records decoded in this process are kept, read-only, while they take at most this
-#: many bytes in all, so that a small dataset is decoded once, not every epoch (decoding a
-#: 350 x 336 PNG pair takes about as long as augmenting it).
+#: Decoded data kept in memory so that a small dataset is decoded once, not every epoch
+#: (decoding a 350 x 336 PNG pair takes about as long as augmenting it): the training records
+#: (:class:`KeptRecords`) and, separately, the validation examples of the training loop may
+#: each take at most this many bytes.
 KEEP_DECODED_BYTES = 256 * 2**20
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from ife_jax.train import sharding as sharding_lib
 from ife_jax.train.checkpointing import Checkpointer
 from ife_jax.train.config import TrainConfig
+from ife_jax.train.datasets import KEEP_DECODED_BYTES
 from ife_jax.train.inference import dice, iter_predictions
 from ife_jax.train.models import build_model
 from ife_jax.train.plan import plan_for_run
@@ -149,18 +150,15 @@ def default_inputs(config: TrainConfig):
     return load_inputs(config)
 
 
-#: Validation examples decoded at the first validation are kept while they take at most this
-#: many bytes (images and masks), so that a small split is not decoded again every epoch.
-KEEP_DECODED_BYTES = 256 * 2**20
-
-
 class _DecodedOnce:
-    """The validation examples: read lazily, as given, until one whole pass has shown they fit
-    :data:`KEEP_DECODED_BYTES`; from then on the examples of that pass. A larger split stays
-    lazy (one batch held at a time)."""
+    """The validation examples: read lazily, as given, until one whole pass has shown that their
+    images and masks fit ``budget`` bytes (default
+    :data:`ife_jax.train.datasets.KEEP_DECODED_BYTES`, the training records' budget); from then
+    on the examples of that pass. A larger split stays lazy (one batch held at a time)."""
 
-    def __init__(self, examples, budget: int = KEEP_DECODED_BYTES):
-        self.examples, self.budget, self.kept, self.too_big = examples, budget, None, False
+    def __init__(self, examples, budget: int | None = None):
+        self.examples, self.kept, self.too_big = examples, None, False
+        self.budget = KEEP_DECODED_BYTES if budget is None else budget
 
     def __len__(self) -> int:
         return len(self.examples)
