@@ -102,6 +102,7 @@ _OVERRIDES = {
     "max_train_examples": "max_train_examples",
     "max_eval_examples": "max_eval_examples",
     "num_workers": "num_workers",
+    "precise_bn": "precise_bn_examples",
     "pretrained_backbone": "pretrained_backbone",
 }
 
@@ -291,6 +292,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train-examples", type=int)
     p.add_argument("--max-eval-examples", type=int)
     p.add_argument("--num-workers", type=int)
+    p.add_argument(
+        "--precise-bn",
+        type=int,
+        metavar="N",
+        help="before each validation, recompute the BatchNorm statistics exactly over the first "
+        "N training images (0: keep the running averages)",
+    )
     p.add_argument(
         "--pretrained-backbone",
         metavar="PATH",

@@ -90,6 +90,12 @@ def _batch_norm_bwd(res, cotangents):
 batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
+#: A collection that, when ``apply`` makes it mutable, receives each training-mode BatchNorm's
+#: batch ``mean`` and (biased) ``var``, at the same paths as its running averages in
+#: ``batch_stats`` (:mod:`ife_jax.train.precise_bn` pools them over many batches).
+BATCH_MOMENTS = "batch_moments"
+
+
 class BatchNorm(nn.Module):
     """``flax.linen.BatchNorm`` over the last axis (same variables, same outputs), closed-form
     gradient.
@@ -98,8 +104,10 @@ class BatchNorm(nn.Module):
     ``var`` (ones), all (C,) float32 statistics as in Flax, so checkpoints of either load in
     the other. Training mode normalises by the batch statistics and updates the running
     averages ``ra = momentum * ra + (1 - momentum) * batch``; otherwise the running averages
-    normalise. Only the defaults Flax's ``BatchNorm`` is used with here are supported (last
-    feature axis, scale and bias, fast variance, no mask, no cross-device axis name).
+    normalise. When ``apply`` makes the :data:`BATCH_MOMENTS` collection mutable, training mode
+    also stores the batch's mean and variance there. Only the defaults Flax's ``BatchNorm`` is
+    used with here are supported (last feature axis, scale and bias, fast variance, no mask, no
+    cross-device axis name).
 
     Attributes:
       use_running_average: normalise by the running averages instead of the batch.
@@ -130,10 +138,13 @@ class BatchNorm(nn.Module):
         eps = jnp.asarray(self.epsilon, jnp.float32)
         y, mean, var = batch_norm_train(x, scale, bias, eps)
         if not self.is_initializing():
+            if self.is_mutable_collection(BATCH_MOMENTS):
+                self.put_variable(BATCH_MOMENTS, "mean", mean)
+                self.put_variable(BATCH_MOMENTS, "var", var)
             m = self.momentum
             ra_mean.value = m * ra_mean.value + (1 - m) * mean
             ra_var.value = m * ra_var.value + (1 - m) * var
         return jnp.asarray(y, out_dtype)
 
 
-__all__ = ["BatchNorm", "batch_norm_train"]
+__all__ = ["BATCH_MOMENTS", "BatchNorm", "batch_norm_train"]

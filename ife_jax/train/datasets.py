@@ -113,6 +113,7 @@ class GrainTrainInput:
             )
         if config.num_workers == 0:  # worker processes would each keep their own copy
             source = KeptRecords(source)
+        self._source = source
         dataset = make_train_loader(
             source,
             batch_size=local,
@@ -129,6 +130,11 @@ class GrainTrainInput:
 
     def __next__(self) -> dict:
         return next(self._iterator)
+
+    def first_images(self, n: int) -> list[np.ndarray]:
+        """The images of the first ``n`` training records (all of them if fewer), as stored:
+        (H, W, 3) uint8, the same in every process."""
+        return [self._source[i]["image"] for i in range(min(n, len(self._source)))]
 
     def get_state(self) -> dict:
         return self._iterator.get_state()

@@ -45,8 +45,9 @@ def run_demo(
         f"IFE, {seeds} seeds each, trained {config.epochs} epochs (batch {config.batch_size}, "
         f"Adam {config.learning_rate:g}, {config.lr_schedule} schedule) on "
         f"{config.max_train_examples} synthetic images at "
-        f"{'/'.join(map(str, config.train_sizes))} px, evaluated at {config.eval_size} px (the "
-        f"paper trains the full UNet 100 epochs at 224-384 px on Cosmos55k).\nWriting to "
+        f"{'/'.join(map(str, config.train_sizes))} px, evaluated at {config.eval_size} px"
+        f"{_precise(config)} (the paper trains the full UNet 100 epochs at 224-384 px on "
+        f"Cosmos55k).\nWriting to "
         f"{output}, {jobs} run{'s' if jobs > 1 else ''} at a time",
         flush=True,
     )
@@ -83,6 +84,16 @@ def run_demo(
         f"{output}/<variant>/seed<S> ({minutes:.1f} min wall, {cpu_minutes:.1f} min CPU)"
     )
     return {**result, "minutes": minutes, "cpu_minutes": cpu_minutes}
+
+
+def _precise(config) -> str:
+    """How the BatchNorm statistics are validated, for the demo's first line."""
+    if not config.precise_bn_examples:
+        return ""
+    return (
+        f", BatchNorm statistics recomputed over {config.precise_bn_examples} training images "
+        "before each validation"
+    )
 
 
 def _cpu_seconds() -> float:

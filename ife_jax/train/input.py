@@ -2,7 +2,8 @@
 
 The loop needs two things: a resumable iterator of training batches
 (``{"image": (b, S, S, 3) float32, "mask": (b, S, S, 1) float32}``, ``get_state``/``set_state``,
-``steps_per_epoch``; the grain loader of ``ife_jax.data`` through
+``steps_per_epoch``, and ``first_images(n)`` when the BatchNorm statistics are recomputed
+(``precise_bn_examples``); the grain loader of ``ife_jax.data`` through
 ``ife_jax.train.datasets.GrainTrainInput``) and a sequence of evaluation :class:`Example` at
 their original size, which :mod:`ife_jax.train.inference` maps through the evaluation
 transform and its inverse (those of ``ife_jax.data``).

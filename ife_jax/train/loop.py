@@ -34,6 +34,7 @@ from ife_jax.train.datasets import KEEP_DECODED_BYTES
 from ife_jax.train.inference import dice, iter_predictions
 from ife_jax.train.models import build_model
 from ife_jax.train.plan import plan_for_run
+from ife_jax.train.precise_bn import make_moments_step, precise_batch_stats
 from ife_jax.train.pretrained import load_backbone, record_pretrained_backbone, with_backbone
 from ife_jax.train.state import (
     abstract_train_state,
@@ -243,7 +244,8 @@ def train_and_evaluate(
       workdir: where checkpoints, logs and figures go; an existing run there is resumed.
       inputs: ``inputs(config) -> (train_input, validation_examples)`` (default: the dataset
         ``config.dataset`` through TFDS). ``train_input`` yields this process's share of each
-        global batch and has ``steps_per_epoch``, ``get_state()`` and ``set_state()``.
+        global batch and has ``steps_per_epoch``, ``get_state()`` and ``set_state()`` (and
+        ``first_images(n)``, the first ``n`` training images, with ``precise_bn_examples``).
       progress: show a progress bar (process 0 only).
 
     Returns:
@@ -310,6 +312,8 @@ class _Run:
     #: A new best not yet written: ``(step, state copy, data state, meta)``, written to ``best/``
     #: before the next recent checkpoint.
     pending_best: tuple | None = None
+    #: ``make_moments_step`` when ``config.precise_bn_examples`` asks for precise statistics.
+    moments_step: Callable | None = None
 
     @property
     def total_steps(self) -> int:
@@ -332,6 +336,12 @@ def _set_up(config: TrainConfig, workdir: Path, inputs: Callable) -> _Run:
     sharding_lib.local_batch_size(config.batch_size, mesh)  # validates divisibility
     train_input, val_examples = inputs(config)
     spe = train_input.steps_per_epoch
+    if config.precise_bn_examples and not callable(getattr(train_input, "first_images", None)):
+        raise ValueError(
+            f"precise_bn_examples={config.precise_bn_examples}: the training input "
+            f"{type(train_input).__name__} has no first_images(n), which precise BatchNorm "
+            "statistics read their images from"
+        )
 
     model = build_model(config, plan=plan_for_run(config, workdir, reuse=resuming))
     tx = make_optimizer(config, spe)
@@ -366,6 +376,8 @@ def _set_up(config: TrainConfig, workdir: Path, inputs: Callable) -> _Run:
         log=MetricsLog(workdir / "metrics.jsonl"),
     )
     run.log_steps = _StepRecords(run)
+    if config.precise_bn_examples and abstract.batch_stats:
+        run.moments_step = make_moments_step(model, mesh)
     return run
 
 
@@ -444,15 +456,38 @@ def _train_epoch(run: _Run) -> None:
 
 def _evaluate(run: _Run, epoch: int) -> None:
     """Validation Dice of the current state, logged; a new best goes to ``best/``, at once if
-    this epoch is checkpointed, otherwise with the next checkpoint (:attr:`_Run.pending_best`)."""
+    this epoch is checkpointed, otherwise with the next checkpoint (:attr:`_Run.pending_best`).
+    With ``precise_bn_examples``, the BatchNorm statistics are recomputed first
+    (:func:`_precise_statistics`)."""
+    record = {"step": run.step, "epoch": epoch}
+    if run.moments_step is not None:
+        record["precise_bn_seconds"] = _precise_statistics(run)
     val = _validate(run.eval_step, run.state.variables, run.val_examples, run.config, run.mesh)
-    run.log.append({"step": run.step, "epoch": epoch, "val_dice": val})
+    record["val_dice"] = val
+    run.log.append(record)
     run.write(f"epoch {epoch}: validation Dice {val:.4f}")
     if val > run.meta["best_val_dice"]:
         run.meta.update(best_val_dice=val, best_step=run.step)
         # The train step donates the state's buffers: the held best is a copy.
         state = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), run.state)
         run.pending_best = (run.step, state, run.train_input.get_state(), _meta(run))
+
+
+def _precise_statistics(run: _Run) -> float:
+    """Replaces the state's BatchNorm running averages by their exact values over the first
+    ``precise_bn_examples`` training images (:mod:`ife_jax.train.precise_bn`); returns the
+    seconds it took. The train step never reads the running averages, so the weights train as
+    they would without."""
+    t0 = time.perf_counter()
+    config = run.config
+    images = run.train_input.first_images(config.precise_bn_examples)
+    stats = precise_batch_stats(
+        run.moments_step, run.state.variables, images, size=config.eval_size,
+        batch_size=config.batch_size, mesh=run.mesh,
+    )  # fmt: skip
+    stats = jax.device_put(stats, run.shardings.batch_stats)
+    run.state = run.state.replace(batch_stats=stats)
+    return time.perf_counter() - t0
 
 
 def _checkpoint(run: _Run) -> None:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ife_jax.nn.norm import BatchNorm, batch_norm_train
+from ife_jax.nn.norm import BATCH_MOMENTS, BatchNorm, batch_norm_train
 
 SHAPES = [(2, 5, 7, 3), (1, 4, 4, 1), (2, 3, 4, 5, 2), (3, 6)]
 EPS32 = float(np.finfo(np.float32).eps)
@@ -115,3 +115,29 @@ def test_gradients_match_float64_within_the_error_model(shape):
         assert np.all(np.abs(np.asarray(got, np.float64) - want) <= tol), np.max(
             np.abs(got - want) / tol
         )
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_batch_moments_are_the_batch_statistics_and_only_on_request(shape):
+    x, params, stats = data(shape, seed=3)
+    bn = BatchNorm(momentum=0.9)
+    variables = {"params": params, "batch_stats": stats}
+    _, moments = bn.apply(variables, x, mutable=["batch_stats", BATCH_MOMENTS])
+    moments = moments[BATCH_MOMENTS]
+    axes = tuple(range(x.ndim - 1))
+    # The same float32 statistics the running averages are updated with (momentum 0.9 here).
+    _, updated = bn.apply(variables, x, mutable=["batch_stats"])
+    for name in ("mean", "var"):
+        want = (updated["batch_stats"][name] - 0.9 * stats[name]) / 0.1
+        np.testing.assert_allclose(moments[name], want, rtol=1e-5, atol=1e-5 * x.std())
+    np.testing.assert_allclose(moments["mean"], x.astype(np.float64).mean(axes), rtol=1e-5)
+    np.testing.assert_allclose(moments["var"], x.astype(np.float64).var(axes), rtol=1e-5)
+    assert BATCH_MOMENTS not in updated  # not reported unless the collection is mutable
+    # Evaluation mode has no batch to report.
+    _, out = BatchNorm(use_running_average=True).apply(variables, x, mutable=[BATCH_MOMENTS])
+    assert not out.get(BATCH_MOMENTS)
+
+
+def test_initialisation_creates_no_batch_moments():
+    x = data((2, 4, 4, 3))[0]
+    assert set(BatchNorm().init(jax.random.key(0), x)) == {"params", "batch_stats"}

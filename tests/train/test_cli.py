@@ -172,3 +172,16 @@ def test_train_flags_resolve_to_the_table1_configuration(argv, ife, ratios):
 
     config = _train_config(build_parser().parse_args(["train", "--workdir", "w", *argv]))
     assert (config.ife, config.ratios) == (ife, ratios)
+
+
+def test_precise_bn_flag_sets_the_config_field_and_is_checked():
+    from ife_jax.cli import _train_config, build_parser
+
+    parse = build_parser().parse_args
+    config = _train_config(
+        parse(["train", "--workdir", "w", "--preset", "demo", "--precise-bn", "32"])
+    )
+    assert config.precise_bn_examples == 32
+    assert _train_config(parse(["train", "--workdir", "w"])).precise_bn_examples == 0
+    with pytest.raises(ValueError, match="precise_bn_examples=2: must be 0"):
+        _train_config(parse(["train", "--workdir", "w", "--preset", "demo", "--precise-bn", "2"]))

@@ -454,3 +454,24 @@ def test_training_records_are_kept_read_only_within_the_budget_and_batches_do_no
     for x, y in zip(fresh, again, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["mask"], y["mask"])
+
+
+def test_grain_training_input_gives_its_first_images_as_stored():
+    from ife_jax.train.config import preset
+    from ife_jax.train.datasets import GrainTrainInput
+
+    rng = np.random.default_rng(0)
+    records = [
+        {
+            "image": rng.integers(0, 256, (20 + i, 18, 3), dtype=np.uint8),
+            "mask": np.zeros((20 + i, 18, 1), np.uint8),
+            "image_id": f"CT_Box_{i}".encode(),
+        }
+        for i in range(5)
+    ]
+    train = GrainTrainInput(records, preset("tiny", batch_size=2, train_sizes=(16,)))
+    images = train.first_images(3)
+    assert len(images) == 3
+    for got, record in zip(images, records, strict=False):
+        np.testing.assert_array_equal(got, record["image"])
+    assert len(train.first_images(100)) == 5

@@ -4,7 +4,7 @@ script that runs one tiny training.
 ``python tinyrun.py WORKDIR [--epochs N] [--inject-nan-at I] [--hang-at I] [--checkpoint-every N]
 [--checkpoint-every-epochs N] [--keep N] [--val-dice V1,V2,...] [--dump FILE] [--dump-init FILE]
 [--bug dup-row|no-allreduce] [--reverse-rows]
-[--train-sizes S ...]``
+[--train-sizes S ...] [--precise-bn N]``
 
 The network is the tiny preset's UNet with curvature IFE on two skips, trained with SGD with
 momentum: the tests compare runs across device counts, and Adam would turn the rounding noise of
@@ -91,6 +91,10 @@ class ArrayInput:
         self.process_index = process_index
         self.steps_per_epoch = len(self.examples) // global_batch_size
         self._step = 0
+
+    def first_images(self, n: int) -> list[np.ndarray]:
+        """The images of the first ``n`` examples (for precise BatchNorm statistics)."""
+        return [ex.image for ex in self.examples[:n]]
 
     def get_state(self) -> dict:
         return {"step": self._step}
@@ -305,6 +309,7 @@ def main(argv=None) -> int:
         "--reverse-rows", action="store_true", help="every batch's rows in reverse order"
     )
     parser.add_argument("--train-sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--precise-bn", type=int, default=0, help="precise_bn_examples")
     args = parser.parse_args(argv)
 
     from ife_jax.train import loop
@@ -317,6 +322,7 @@ def main(argv=None) -> int:
         checkpoint_every_steps=args.checkpoint_every,
         checkpoint_every_epochs=args.checkpoint_every_epochs,
         keep_checkpoints=args.keep,
+        precise_bn_examples=args.precise_bn,
         **({"train_sizes": tuple(args.train_sizes)} if args.train_sizes else {}),
     )
     if args.dump_init:
