@@ -9,9 +9,9 @@ at most about lambda sqrt(n) u sum|x_i| when reordered (u = 2^-24; Higham and Ma
 probabilistic bound, lambda = 10), and the error of each layer carries into the next. With
 sums of at most 9 x 64 terms (a 3 x 3 convolution over 64 channels) or 3 x 32 x 32 (a batch
 statistic), through the tiny UNet's 18 BatchNorms: 18 x 10 x sqrt(3072) x u = 6e-4 of the
-layer's scale |mean| + std. The moments pooled wrongly (the variances averaged without the
-spread of the batch means, the running averages kept, a batch counted twice) are off by 1e-2
-to 1 of it, which the tests check the bound would notice.
+layer's scale |mean| + std (squared for a variance). Statistics pooled wrongly (the variances
+averaged without the spread of the batch means, the running averages kept, the left-out
+partial batch counted) are off by 10 to 5,000 times that bound, which the first test checks.
 """
 
 import functools
