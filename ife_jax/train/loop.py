@@ -312,8 +312,10 @@ class _Run:
     #: A new best not yet written: ``(step, state copy, data state, meta)``, written to ``best/``
     #: before the next recent checkpoint.
     pending_best: tuple | None = None
-    #: ``make_moments_step`` when ``config.precise_bn_examples`` asks for precise statistics.
+    #: ``make_moments_step`` and the images it reads (read once) when
+    #: ``config.precise_bn_examples`` asks for precise statistics.
     moments_step: Callable | None = None
+    bn_images: list | None = None
 
     @property
     def total_steps(self) -> int:
@@ -336,12 +338,7 @@ def _set_up(config: TrainConfig, workdir: Path, inputs: Callable) -> _Run:
     sharding_lib.local_batch_size(config.batch_size, mesh)  # validates divisibility
     train_input, val_examples = inputs(config)
     spe = train_input.steps_per_epoch
-    if config.precise_bn_examples and not callable(getattr(train_input, "first_images", None)):
-        raise ValueError(
-            f"precise_bn_examples={config.precise_bn_examples}: the training input "
-            f"{type(train_input).__name__} has no first_images(n), which precise BatchNorm "
-            "statistics read their images from"
-        )
+    bn_images = _precise_bn_images(config, train_input)
 
     model = build_model(config, plan=plan_for_run(config, workdir, reuse=resuming))
     tx = make_optimizer(config, spe)
@@ -376,9 +373,32 @@ def _set_up(config: TrainConfig, workdir: Path, inputs: Callable) -> _Run:
         log=MetricsLog(workdir / "metrics.jsonl"),
     )
     run.log_steps = _StepRecords(run)
-    if config.precise_bn_examples and abstract.batch_stats:
-        run.moments_step = make_moments_step(model, mesh)
+    if bn_images is not None and not abstract.batch_stats:
+        _log(f"precise_bn_examples={config.precise_bn_examples}: {config.model} has no BatchNorm")
+    elif bn_images is not None:
+        run.moments_step, run.bn_images = make_moments_step(model, mesh), bn_images
     return run
+
+
+def _precise_bn_images(config: TrainConfig, train_input) -> list | None:
+    """The images precise BatchNorm statistics are computed over, read once (None when
+    ``precise_bn_examples`` is 0); refuses an input without ``first_images`` or with fewer
+    images than one batch."""
+    n = config.precise_bn_examples
+    if not n:
+        return None
+    if not callable(getattr(train_input, "first_images", None)):
+        raise ValueError(
+            f"precise_bn_examples={n}: the training input {type(train_input).__name__} has no "
+            "first_images(n), which precise BatchNorm statistics read their images from"
+        )
+    images = train_input.first_images(n)
+    if len(images) < config.batch_size:
+        raise ValueError(
+            f"precise_bn_examples={n}: the training input gave {len(images)} images, fewer "
+            f"than one batch of {config.batch_size}"
+        )
+    return images
 
 
 def _restore(run: _Run, backbone) -> None:
@@ -480,9 +500,8 @@ def _precise_statistics(run: _Run) -> float:
     they would without."""
     t0 = time.perf_counter()
     config = run.config
-    images = run.train_input.first_images(config.precise_bn_examples)
     stats = precise_batch_stats(
-        run.moments_step, run.state.variables, images, size=config.eval_size,
+        run.moments_step, run.state.variables, run.bn_images, size=config.eval_size,
         batch_size=config.batch_size, mesh=run.mesh,
     )  # fmt: skip
     stats = jax.device_put(stats, run.shardings.batch_stats)

@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 
 from ife_jax.nn.norm import BATCH_MOMENTS
 from ife_jax.train import input as input_lib
-from ife_jax.train.sharding import batch_sharding, replicated, shard_batch
+from ife_jax.train.sharding import batch_sharding, local_batch_size, replicated, shard_batch
 
 
 def make_moments_step(model: nn.Module, mesh: Mesh) -> Callable:
@@ -88,7 +88,7 @@ def precise_batch_stats(
             f"precise BatchNorm statistics need at least one batch of {batch_size} images; "
             f"got {len(images)}"
         )
-    local = batch_size // jax.process_count()
+    local = local_batch_size(batch_size, mesh)
     start = jax.process_index() * local
     first: dict[tuple, np.ndarray] = {}  # per layer: sum over batches of the mean
     second: dict[tuple, np.ndarray] = {}  # and of the mean square, var + mean^2

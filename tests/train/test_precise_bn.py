@@ -159,15 +159,23 @@ def test_config_refuses_fewer_examples_than_a_batch(value):
     assert preset("unet").precise_bn_examples == 0  # the reference keeps the running averages
 
 
-def test_a_training_input_without_first_images_is_refused_before_anything_is_written(tmp_path):
+def test_a_training_input_without_enough_first_images_is_refused_before_anything_is_written(
+    tmp_path,
+):
     from ife_jax.train.loop import train_and_evaluate
 
     class NoImages:
         steps_per_epoch = 1
 
+    class TwoImages(NoImages):
+        def first_images(self, n):
+            return _images(2)
+
     config = preset("tiny", precise_bn_examples=4)
     with pytest.raises(ValueError, match="NoImages has no first_images"):
         train_and_evaluate(config, tmp_path / "w", inputs=lambda c: (NoImages(), []))
+    with pytest.raises(ValueError, match="gave 2 images, fewer than one batch of 4"):
+        train_and_evaluate(config, tmp_path / "w", inputs=lambda c: (TwoImages(), []))
     assert not (tmp_path / "w" / "config.json").exists()
 
 
