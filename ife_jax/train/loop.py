@@ -38,8 +38,8 @@ from ife_jax.train.precise_bn import make_moments_step, precise_batch_stats
 from ife_jax.train.pretrained import load_backbone, record_pretrained_backbone, with_backbone
 from ife_jax.train.state import (
     abstract_train_state,
+    host_learning_rate,
     initialize,
-    learning_rate_schedule,
     make_optimizer,
     state_shardings,
 )
@@ -293,7 +293,7 @@ class _Run:
     val_examples: object
     steps_per_epoch: int
     model: object
-    schedule: Callable
+    rate: Callable[[int], float]  # the step's learning rate, for the log
     init: Callable
     init_key: jax.Array
     shardings: object
@@ -359,7 +359,7 @@ def _set_up(config: TrainConfig, workdir: Path, inputs: Callable) -> _Run:
         val_examples=_DecodedOnce(val_examples),
         steps_per_epoch=spe,
         model=model,
-        schedule=learning_rate_schedule(config, spe),
+        rate=host_learning_rate(config, spe),
         init=init,
         init_key=init_key,
         shardings=shardings,
@@ -572,7 +572,7 @@ class _StepRecords:
                 f"stopped, the last good checkpoint is step {good} in {run.workdir}"
             )
         record = {"step": done, "epoch": epoch, **values}
-        record["lr"] = float(run.schedule(done - 1))
+        record["lr"] = run.rate(done - 1)
         record["images_per_s"] = rate
         run.log.append(record)
         if run.bar is not None:

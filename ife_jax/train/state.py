@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -41,6 +42,17 @@ class TrainState:
         return {"params": self.params}
 
 
+def _rate_table(config: TrainConfig, steps_per_epoch: int) -> tuple[np.ndarray, int]:
+    """The float32 rates and how many steps each holds: one per step of the run (cosine) or
+    one per epoch (step decay)."""
+    if config.lr_schedule == "cosine":
+        total = config.epochs * steps_per_epoch
+        t = np.arange(total, dtype=np.float64)
+        return np.float32(config.learning_rate * (1.0 + np.cos(np.pi * t / total)) / 2.0), 1
+    rates = np.float32([config.epoch_learning_rate(e) for e in range(config.epochs)])
+    return rates, steps_per_epoch
+
+
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
     """The rate of each optimiser step (0-based), as ``config.lr_schedule`` says.
 
@@ -54,25 +66,29 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.S
     ``T = epochs * steps_per_epoch`` steps of the run: the full rate at the first step, half of
     it halfway, and towards 0 over the last steps (the rate of the last step is
     ``learning_rate * (1 - cos(pi / T)) / 2``).
+
+    A step past the run's last has the last step's rate. :func:`host_learning_rate` gives the
+    same rates without device work.
     """
-    if config.lr_schedule == "cosine":
-        total = config.epochs * steps_per_epoch
-        t = np.arange(total, dtype=np.float64)
-        rates = np.float32(config.learning_rate * (1.0 + np.cos(np.pi * t / total)) / 2.0)
-        table = jnp.asarray(rates)
-
-        def cosine(step):
-            return table[jnp.clip(jnp.asarray(step), 0, total - 1)]
-
-        return cosine
-    rates = np.float32([config.epoch_learning_rate(e) for e in range(config.epochs)])
+    rates, per = _rate_table(config, steps_per_epoch)
     table = jnp.asarray(rates)
 
     def schedule(step):
-        epoch = jnp.clip(jnp.asarray(step) // steps_per_epoch, 0, config.epochs - 1)
-        return table[epoch]
+        index = jnp.asarray(step) // per if per > 1 else jnp.asarray(step)
+        return table[jnp.clip(index, 0, len(rates) - 1)]
 
     return schedule
+
+
+def host_learning_rate(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """:func:`learning_rate_schedule`'s rate of a step, read from a NumPy table: for logging,
+    where a device computation would wait for the step in flight."""
+    rates, per = _rate_table(config, steps_per_epoch)
+
+    def rate(step: int) -> float:
+        return float(rates[min(max(int(step) // per, 0), len(rates) - 1)])
+
+    return rate
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:

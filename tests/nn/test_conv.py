@@ -356,3 +356,123 @@ def test_size_rule_keeps_xlas_own_gradients_for_small_convolutions(
     convolutions = hlo(conv_general_dilated).count("stablehlo.convolution")
     assert convolutions == (2 if custom else 3)
     assert hlo(lax.conv_general_dilated).count("stablehlo.convolution") == 3
+
+
+@pytest.mark.parametrize(
+    ("shape", "cout", "products"),
+    [
+        ((4, 224, 224, 64), 1, True),  # the reference UNet's head
+        ((1, 14, 14, 300), 256, True),
+        ((2, 5, 3, 32), 3, True),  # tiny, but 32 input channels
+        ((4, 96, 96, 8), 1, False),  # the demo's head: 8 input channels
+        ((2, 5, 3, 2), 3, False),
+    ],
+    ids=str,
+)
+def test_pointwise_gradients_are_products_from_32_input_channels(
+    shape, cout, products, monkeypatch
+):
+    # 1x1 convolutions (heads, DeepLabV3+'s projections): with at least 32 input channels both
+    # CPU gradients are matrix products whatever the size, and only the forward is a
+    # convolution; narrower ones keep XLA's own gradients.
+    for name, value in SIZE_RULE.items():
+        monkeypatch.setattr(conv_module, name, value)
+    x, w = jnp.zeros(shape), jnp.zeros((1, 1, shape[-1], cout))
+
+    def hlo(conv):
+        def loss(x, w):
+            return jnp.sum(conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC) ** 2)
+
+        return jax.jit(jax.grad(loss, (0, 1))).lower(x, w).as_text()
+
+    assert hlo(conv_general_dilated).count("stablehlo.convolution") == (1 if products else 3)
+    assert hlo(lax.conv_general_dilated).count("stablehlo.convolution") == 3
+
+
+def test_bfloat16_pointwise_gradients_keep_their_dtypes():
+    rng = np.random.default_rng(9)
+    x, w = normal(rng, (2, 5, 4, 3)), normal(rng, (1, 1, 3, 2))
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    pads = ((0, 0), (0, 0))
+    dx, dw = jax.grad(lambda x, w: jnp.sum(fast_conv(x, w, pads, 1).astype(jnp.float32)), (0, 1))(
+        xb, wb
+    )
+    assert dx.dtype == dw.dtype == jnp.bfloat16
+    ones = np.ones((2, 5, 4, 2))
+    _, dx64, dx_mag, dw64, dw_mag = reference_conv_grads(
+        xb.astype(jnp.float32), wb.astype(jnp.float32), ones, pads, (1, 1)
+    )
+    # float32 accumulation, then one bfloat16 rounding (u = 2**-8) of the result.
+    for got, want, mag, n in ((dx, dx64, dx_mag, 2), (dw, dw64, dw_mag, 40)):
+        np.testing.assert_array_less(
+            np.abs(np.asarray(got, np.float64) - want), (gamma(n + 1) + 2.0**-8) * mag + 1e-30
+        )
+
+
+def reference_tile_grads(x, kernel, r):
+    """float64 dL/dx, dL/dkernel and their sums of |terms| for L = sum(y * r), y the tiled
+    transposed convolution (kernel == strides): tap t of every input pixel writes output pixel
+    ``k * i + t`` through the flipped kernel's tap t."""
+    n = x.ndim - 2
+    ks = kernel.shape[:n]
+    x64, r64 = np.asarray(x, np.float64), np.asarray(r, np.float64)
+    flipped = np.flip(np.asarray(kernel, np.float64), tuple(range(n)))
+    dx, dx_mag = np.zeros(x.shape), np.zeros(x.shape)
+    dk, dk_mag = np.zeros(kernel.shape), np.zeros(kernel.shape)
+    for tap in np.ndindex(*ks):
+        rt = r64[(slice(None), *(slice(t, None, k) for t, k in zip(tap, ks, strict=True)))]
+        dx += rt @ flipped[tap].T
+        dx_mag += np.abs(rt) @ np.abs(flipped[tap]).T
+        axes = tuple(range(n + 1))
+        dk[tap] = np.tensordot(x64, rt, (axes, axes))
+        dk_mag[tap] = np.tensordot(np.abs(x64), np.abs(rt), (axes, axes))
+    flip = tuple(range(n))
+    return dx, dx_mag, np.flip(dk, flip), np.flip(dk_mag, flip)
+
+
+@pytest.mark.parametrize(("shape", "kernel", "padding"), TRANSPOSE_CASES[:4], ids=str)
+def test_conv_transpose_gradients_match_float64(shape, kernel, padding):
+    rng = np.random.default_rng(8)
+    x = normal(rng, shape)
+    module = ConvTranspose(5, kernel, strides=kernel, padding=padding)
+    v = module.init(jax.random.key(0), x)
+    v = jax.tree.map(lambda a: normal(rng, a.shape), v)
+    r = normal(rng, module.apply(v, x).shape)
+    dv, dx = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) * r), (0, 1)))(v, x)
+    k = v["params"]["kernel"]
+    dx64, dx_mag, dk64, dk_mag = reference_tile_grads(x, k, r)
+    taps = int(np.prod(kernel))
+    np.testing.assert_array_less(
+        np.abs(np.asarray(dx, np.float64) - dx64), gamma(taps * 5 + 1) * dx_mag + 1e-30
+    )
+    n_dk = int(np.prod(shape[:-1]))
+    np.testing.assert_array_less(
+        np.abs(np.asarray(dv["params"]["kernel"], np.float64) - dk64),
+        gamma(n_dk + 1) * dk_mag + 1e-30,
+    )
+    # The bias gradient is the sum of r over every output pixel.
+    bias64 = np.asarray(r, np.float64).reshape(-1, 5).sum(0)
+    bias_mag = np.abs(np.asarray(r, np.float64)).reshape(-1, 5).sum(0)
+    n_bias = int(np.prod(r.shape[:-1]))
+    np.testing.assert_array_less(
+        np.abs(np.asarray(dv["params"]["bias"], np.float64) - bias64), gamma(n_bias) * bias_mag
+    )
+
+
+def test_cpu_conv_transpose_gradient_reads_the_tiles_once(monkeypatch):
+    # On CPU the output gradient's tiles are moved into rows once and both products read them;
+    # differentiated op by op (the forward's own gradient, as other platforms get it), the tiles
+    # are transposed a second time for the kernel gradient. The other transposes are the
+    # kernel's taps, forward and back.
+    x = jnp.zeros((1, 28, 28, 16))
+    module = ConvTranspose(8, (2, 2), strides=(2, 2))
+    v = module.init(jax.random.key(0), x)
+    r = jnp.zeros((1, 56, 56, 8))
+
+    def transposes():
+        grad = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) * r), (0, 1)))
+        return grad.lower(v, x).as_text().count("stablehlo.transpose")
+
+    assert transposes() == 3
+    monkeypatch.setattr(conv_module, "_tiles", conv_module._tiles_xla)
+    assert transposes() == 4

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ife_jax.train.config import TrainConfig, preset
-from ife_jax.train.state import learning_rate_schedule
+from ife_jax.train.state import host_learning_rate, learning_rate_schedule
 
 # Each rate is the float32 rounding of the reference's float64 value: within half a float32 ulp
 # (2**-24 relative) of it, and the float64 value is within 1e-15 of the decimal written here.
@@ -66,6 +66,27 @@ def test_cosine_ignores_the_decay_fields():
     steps = range(6 * 3)
     sa, sb = learning_rate_schedule(a, 3), learning_rate_schedule(b, 3)
     assert [float(sa(t)) for t in steps] == [float(sb(t)) for t in steps]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(epochs=5, learning_rate=3e-3, lr_schedule="cosine"),
+        TrainConfig(epochs=7, learning_rate=1e-3, decay_factor=0.5, decay_every_epochs=2),
+    ],
+    ids=["cosine", "step"],
+)
+def test_host_rate_is_the_schedule_bit_for_bit(config):
+    # The log's rate (NumPy) and the optimiser's (the device table) for every step of the run,
+    # one before it and two past its end.
+    spe = 3
+    schedule, host = learning_rate_schedule(config, spe), host_learning_rate(config, spe)
+    steps = range(-1, config.epochs * spe + 2)
+    device = np.array([schedule(t) for t in steps], np.float32)
+    logged = np.array([host(t) for t in steps], np.float32)
+    np.testing.assert_array_equal(logged, device)
+    assert isinstance(host(0), float)
+    assert len(set(logged.tolist())) > 3  # the rates do change over the run
 
 
 def test_unknown_schedule_is_named():
