@@ -6,8 +6,11 @@ PyTorch runs a module of the reference architecture written here (31,043,521 par
 asserted) with ``--threads`` intra-op threads; ife-jax runs its own train step
 (``ife_jax.train``) on one CPU device. Then a per-convolution table (forward, input gradient,
 kernel gradient) of the UNet's convolutions in PyTorch, in XLA's own convolution and in
-``ife_jax.nn.conv``, so the next bottleneck is visible. Times are the minimum over ``--runs``
-(the least disturbed by other processes); compare ratios within one run.
+``ife_jax.nn.conv``, so the next bottleneck is visible. The train steps run in ``--runs``
+interleaved rounds (each round one step of every model, after a warm-up round), so a machine
+whose speed drifts during the run slows them alike; the table gives each model's best and
+median step, the ratio of the bests and the median (range) of the per-round ratios. The
+convolutions are timed by their minimum over ``--conv-runs``; compare ratios within one run.
 
     python benchmarks/cpu_vs_torch.py
     python benchmarks/cpu_vs_torch.py --models UNet --no-conv-table --precision bfloat16
@@ -70,7 +73,8 @@ def batch(size: int, batch_size: int) -> dict[str, np.ndarray]:
 # --- PyTorch -------------------------------------------------------------------------------
 
 
-def torch_step_time(data, args) -> float:
+def torch_step(data, args):
+    """PyTorch's train step of the reference UNet, as a function of no arguments."""
     torch.manual_seed(0)
     model = TorchUNet()
     n = sum(p.numel() for p in model.parameters())
@@ -87,14 +91,15 @@ def torch_step_time(data, args) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    return best_of(step, args.runs)
+    return step
 
 
 # --- ife-jax -------------------------------------------------------------------------------
 
 
-def jax_step_time(ife, data, args) -> tuple[float, float]:
-    """(step seconds, compile seconds) of ife-jax's train step for UNet with ``ife``."""
+def jax_step(ife, data, args):
+    """(ife-jax's compiled train step for UNet with ``ife`` as a function of no arguments,
+    compile seconds)."""
     config = TrainConfig(
         model="unet", ife=ife, precision=args.precision, batch_size=args.batch_size
     )
@@ -118,7 +123,21 @@ def jax_step_time(ife, data, args) -> tuple[float, float]:
         box[0], metrics = compiled(box[0], b)
         jax.block_until_ready(metrics)
 
-    return best_of(run, args.runs), compile_s
+    return run, compile_s
+
+
+def interleaved(steps: dict, runs: int) -> dict[str, list[float]]:
+    """Seconds of each step over ``runs`` rounds, every round calling every step once (after
+    one warm-up round), so that a machine whose speed drifts slows all of them alike."""
+    for fn in steps.values():
+        fn()
+    times = {name: [] for name in steps}
+    for _ in range(runs):
+        for name, fn in steps.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
 
 
 # --- per-convolution table -----------------------------------------------------------------
@@ -247,22 +266,34 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     print(
         f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores, batch {args.batch_size}, "
-        f"{args.size}x{args.size}, {args.precision}, best of {args.runs} steps"
+        f"{args.size}x{args.size}, {args.precision}, {args.runs} interleaved rounds"
         + (f", torch {torch.__version__} on {args.threads} threads" if torch else "")
     )
     data = batch(args.size, args.batch_size)
-    rows = []
+    steps, compile_s = {}, {}
     if torch is not None:
-        rows.append(("PyTorch UNet", torch_step_time(data, args), None))
+        steps["PyTorch UNet"] = torch_step(data, args)
     for name in args.models.split(","):
         ife = {"UNet": None, "UNet+E": "entropy"}[name]
-        step_s, compile_s = jax_step_time(ife, data, args)
-        rows.append((f"ife-jax {name}", step_s, compile_s))
-    print(f"{'train step':<20}{'s':>8}{'vs torch':>10}{'compile s':>11}")
-    ref = rows[0][1] if torch is not None else None
-    for name, s, c in rows:
-        ratio = f"{s / ref:.2f}x" if ref else "-"
-        print(f"{name:<20}{s:>8.2f}{ratio:>10}{(f'{c:.0f}' if c else '-'):>11}", flush=True)
+        steps[f"ife-jax {name}"], compile_s[f"ife-jax {name}"] = jax_step(ife, data, args)
+    times = interleaved(steps, args.runs)
+    print(
+        f"{'train step':<20}{'best s':>8}{'median s':>10}{'vs torch':>10}{'rounds vs torch':>26}"
+        f"{'compile s':>11}"
+    )
+    ref = times.get("PyTorch UNet")
+    for name, t in times.items():
+        ratio = f"{min(t) / min(ref):.2f}x" if ref else "-"
+        per_round = "-"
+        if ref:
+            r = [a / b for a, b in zip(t, ref, strict=True)]
+            per_round = f"{np.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})"
+        c = compile_s.get(name)
+        print(
+            f"{name:<20}{min(t):>8.2f}{np.median(t):>10.2f}{ratio:>10}{per_round:>26}"
+            f"{(f'{c:.0f}' if c else '-'):>11}",
+            flush=True,
+        )
     if args.conv_table:
         conv_table(args)
 
