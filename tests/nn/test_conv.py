@@ -328,19 +328,26 @@ def test_conv_transpose_equals_flax(shape, kernel, padding):
     np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - y_ref), bound + 1e-30)
 
 
-@pytest.mark.parametrize(
-    ("shape", "kernel", "custom"),
-    [
-        ((2, 96, 96, 32), (3, 3, 32, 64), True),  # 0.68 GFLOP, 32 channels
-        ((2, 96, 96, 16), (3, 3, 16, 64), False),  # 16 input channels
-        ((2, 96, 96, 64), (3, 3, 64, 16), False),  # 16 output channels
-        ((2, 48, 48, 32), (3, 3, 32, 64), False),  # 0.17 GFLOP
-        ((4, 224, 224, 3), (3, 3, 3, 64), False),  # the reference UNet's first convolution
-    ],
-    ids=str,
-)
+# (input shape, kernel, padding, convolutions in the compiled gradient): 3 are XLA's own
+# (forward, input and kernel gradients); the custom kernel gradient is a product (2 left); on
+# small maps with >= 256 channels the input gradient is a col2im too (1 left, the forward).
+SIZE_RULE_CASES = [
+    ((2, 96, 96, 32), (3, 3, 32, 64), "SAME", 2),  # 0.68 GFLOP, 32 channels
+    ((2, 96, 96, 16), (3, 3, 16, 64), "SAME", 3),  # 16 input channels
+    ((2, 96, 96, 64), (3, 3, 64, 16), "SAME", 3),  # 16 output channels
+    ((2, 48, 48, 32), (3, 3, 32, 64), "SAME", 3),  # 0.17 GFLOP
+    ((4, 224, 224, 3), (3, 3, 3, 64), "SAME", 3),  # the reference UNet's first convolution
+    ((4, 2, 2, 512), (3, 3, 512, 1024), "SAME", 1),  # its bottleneck at 32 px: 0.15 GFLOP
+    ((2, 5, 5, 256), (3, 3, 256, 256), "SAME", 1),  # 25 output pixels, 256 channels
+    ((1, 21, 20, 256), (3, 3, 256, 256), "SAME", 3),  # 420 output pixels, 0.5 GFLOP
+    ((1, 22, 22, 256), (3, 3, 256, 256), "VALID", 1),  # 20 x 20 output pixels
+    ((4, 4, 4, 128), (3, 3, 128, 256), "SAME", 3),  # small maps, 128 input channels
+]
+
+
+@pytest.mark.parametrize(("shape", "kernel", "padding", "convolutions"), SIZE_RULE_CASES, ids=str)
 def test_size_rule_keeps_xlas_own_gradients_for_small_convolutions(
-    shape, kernel, custom, monkeypatch
+    shape, kernel, padding, convolutions, monkeypatch
 ):
     for name, value in SIZE_RULE.items():
         monkeypatch.setattr(conv_module, name, value)
@@ -348,13 +355,11 @@ def test_size_rule_keeps_xlas_own_gradients_for_small_convolutions(
 
     def hlo(conv):
         def loss(x, w):
-            return jnp.sum(conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC) ** 2)
+            return jnp.sum(conv(x, w, (1, 1), padding, dimension_numbers=NHWC) ** 2)
 
         return jax.jit(jax.grad(loss, (0, 1))).lower(x, w).as_text()
 
-    # The custom kernel gradient is a product, not a convolution: 2 convolutions instead of 3.
-    convolutions = hlo(conv_general_dilated).count("stablehlo.convolution")
-    assert convolutions == (2 if custom else 3)
+    assert hlo(conv_general_dilated).count("stablehlo.convolution") == convolutions
     assert hlo(lax.conv_general_dilated).count("stablehlo.convolution") == 3
 
 
