@@ -11,8 +11,8 @@ Two changes against ``flax.linen``'s defaults, both with the same parameters:
   gradient is XLA's own, except on CPU at small maps with many channels (UNet's 14^2
   bottleneck), where it is one matrix product and a col2im (:func:`col2im_input_grad`). On
   every other platform both gradients are XLA's (``lax.platform_dependent``). For 1x1
-  convolutions without padding (heads, projections) of 32 input channels or more, both CPU
-  gradients are matrix products over the channels, whatever their size.
+  convolutions (heads, projections) of 32 input channels or more, both CPU gradients are one
+  matrix product each, whatever their size.
 - :class:`ConvTranspose` computes a transposed convolution whose kernel equals its stride
   (UNet's and nnU-Net's 2x2/stride-2 upsampling) as one matrix product followed by a reshape
   that interleaves the outputs, instead of a convolution over a zero-dilated input. Its CPU
@@ -40,7 +40,6 @@ PATCH_BLOCK_BYTES = 4 * 2**20
 ONE_BLOCK_PIXELS = 1024
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-_NO_PADS = ((0, 0), (0, 0))
 
 
 def _explicit_padding(padding, x_shape, k_shape, dilation) -> tuple[tuple[int, int], ...] | None:
@@ -81,9 +80,9 @@ def _fast_path_args(
 #: convolution of the reference UNet (224^2, 3 -> 64) took 43.6 ms with XLA's own and 47.6 ms
 #: with the im2col. The narrow UNet of the demo (widths 8-128, 96 px) trains 1.5x faster
 #: with XLA's own kernel gradient for its small convolutions than with the im2col for all.
-#: Unpadded 1x1 convolutions take matrix-product gradients from CUSTOM_GRAD_MIN_CHANNELS input
-#: channels up, at any size: 1.3-7x faster than XLA's own at 4 x 224^2 x 64 -> 1 (UNet's head),
-#: 4 x 56^2 x 256 -> 48, 4 x 28^2 x 512 -> 256 and 4 x 88^2 x 32 -> 32; at the demo's head
+#: 1x1 convolutions take the custom gradients (one product each) from CUSTOM_GRAD_MIN_CHANNELS
+#: input channels up, at any size: 1.3-7x faster than XLA's own at 4 x 224^2 x 64 -> 1 (UNet's
+#: head), 4 x 56^2 x 256 -> 48, 4 x 28^2 x 512 -> 256 and 4 x 88^2 x 32 -> 32; at the demo's head
 #: (4 x 96^2 x 8 -> 1) both take under 0.4 ms and the input gradient is slower as a product.
 #: Small maps with many channels (see :data:`COL2IM_MAX_PIXELS`) take the custom gradients
 #: whatever their FLOPs: at the reference UNet's 2^2 bottleneck (32 px inputs, batch 4) XLA's
@@ -101,6 +100,8 @@ def _custom_grad_pays(lhs_shape: Sequence[int], rhs_shape: Sequence[int], pads, 
     is traced."""
     b, h, w, cin = lhs_shape
     kh, kw, _, cout = rhs_shape
+    if (kh, kw) == (1, 1):
+        return cin >= CUSTOM_GRAD_MIN_CHANNELS
     sizes = zip((h, w), pads, (kh, kw), dilation, strict=True)
     out = [n + lo + hi - (k - 1) * d for n, (lo, hi), k, d in sizes]  # stride 1
     if col2im_input_grad_is_faster((b, *out, cout), rhs_shape):
@@ -129,10 +130,10 @@ def conv_general_dilated(
     padding ('SAME', 'VALID' or explicit pairs), large enough for it to pay off
     (:data:`CUSTOM_GRAD_MIN_CHANNELS`, :data:`CUSTOM_GRAD_MIN_FLOPS`) or with small output
     maps and many channels (:data:`COL2IM_MAX_PIXELS`, :data:`COL2IM_MIN_CHANNELS`); and to
-    unpadded 1x1 convolutions of that kind with at least :data:`CUSTOM_GRAD_MIN_CHANNELS` input
-    channels, whose CPU gradients are two matrix products. Everything else is
-    ``lax.conv_general_dilated`` itself. Outputs are always bit-identical to
-    ``lax.conv_general_dilated``.
+    1x1 convolutions of that kind with at least :data:`CUSTOM_GRAD_MIN_CHANNELS` input
+    channels, whose CPU gradients are then one matrix product each (no taps to shift, no
+    patches to build). Everything else is ``lax.conv_general_dilated`` itself. Outputs are
+    always bit-identical to ``lax.conv_general_dilated``.
 
     Args: as ``lax.conv_general_dilated``; lhs: (B, H, W, Cin), rhs: (kh, kw, Cin, Cout).
     Returns: (B, H', W', Cout).
@@ -145,10 +146,6 @@ def conv_general_dilated(
         and lhs.dtype == rhs.dtype
     ):
         fast = _fast_path_args(*args)
-    if fast is not None and rhs.shape[:2] == (1, 1) and fast[0] == _NO_PADS:
-        if lhs.shape[-1] >= CUSTOM_GRAD_MIN_CHANNELS:
-            return _pointwise(lhs, rhs, precision)
-        fast = None
     if fast is not None and not _custom_grad_pays(lhs.shape, rhs.shape, *fast):
         fast = None
     if fast is None:
@@ -206,42 +203,6 @@ def _conv_bwd(pads, dilation, precision, res, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _pointwise(x, w, precision):
-    return _xla_conv(x, w, _NO_PADS, (1, 1), precision)
-
-
-def _pointwise_fwd(x, w, precision):
-    return _xla_conv(x, w, _NO_PADS, (1, 1), precision), (x, w)
-
-
-def _pointwise_bwd(precision, res, g):
-    """A 1x1 convolution is a matrix product over the channels: on CPU both gradients are one
-    (XLA:CPU's own run 1.3-7x slower at UNet's head and DeepLabV3+'s projections)."""
-    x, w = res
-
-    def xla_grads(x, w, g):
-        _, vjp = jax.vjp(lambda x_, w_: _xla_conv(x_, w_, _NO_PADS, (1, 1), precision), x, w)
-        return vjp(g)
-
-    def cpu_grads(x, w, g):
-        cin, cout = w.shape[2:]
-        dx = lax.dot_general(
-            g, w[0, 0], (((3,), (1,)), ((), ())), precision=precision,
-            preferred_element_type=jnp.float32,
-        )  # fmt: skip
-        dw = lax.dot_general(
-            x.reshape(-1, cin), g.reshape(-1, cout), (((0,), (0,)), ((), ())),
-            precision=precision, preferred_element_type=jnp.float32,
-        )  # fmt: skip
-        return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
-
-    return lax.platform_dependent(x, w, g, cpu=cpu_grads, default=xla_grads)
-
-
-_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
-
-
 def im2col_kernel_grad(
     x: jax.Array,
     g: jax.Array,
@@ -274,7 +235,7 @@ def im2col_kernel_grad(
     _, ho, wo, cout = g.shape
     taps = kh * kw * cin
     row_bytes = b * wo * taps * jnp.dtype(x.dtype).itemsize
-    if b * ho * wo <= one_block_pixels:
+    if b * ho * wo <= one_block_pixels or (kh, kw) == (1, 1):  # 1x1: the patches are x
         rows = ho
     else:
         rows = int(min(ho, max(1, block_bytes // row_bytes)))
@@ -321,7 +282,9 @@ def col2im_input_grad_is_faster(g_shape: Sequence[int], w_shape: Sequence[int]) 
     """Whether the CPU input gradient of a (kh, kw, Cin, Cout) kernel on (B, H', W', Cout)
     output gradients is :func:`col2im_input_grad` (True) or XLA's own (False); a static rule."""
     _, ho, wo, _ = g_shape
-    *_, cin, cout = w_shape
+    kh, kw, cin, cout = w_shape
+    if (kh, kw) == (1, 1):  # no taps to shift: the product alone
+        return True
     return ho * wo <= COL2IM_MAX_PIXELS and min(cin, cout) >= COL2IM_MIN_CHANNELS
 
 

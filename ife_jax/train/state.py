@@ -74,8 +74,7 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.S
     table = jnp.asarray(rates)
 
     def schedule(step):
-        index = jnp.asarray(step) // per if per > 1 else jnp.asarray(step)
-        return table[jnp.clip(index, 0, len(rates) - 1)]
+        return table[jnp.clip(jnp.asarray(step) // per, 0, len(rates) - 1)]
 
     return schedule
 
