@@ -418,7 +418,13 @@ def _add_nnunet(add) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ife-jax", description=__doc__.split("\n\n")[0])
+    parser = _Parser(
+        prog="ife-jax",
+        description="Dichotomous medical image segmentation with Instructive Feature Enhancement "
+        "(IFE): build datasets, train, compare variants over seeds, evaluate with the nine "
+        "metrics, predict. New here? Run 'ife-jax demo'. 'ife-jax COMMAND --help' describes "
+        "each command; --debug shows tracebacks of errors.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
