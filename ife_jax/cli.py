@@ -92,6 +92,7 @@ _OVERRIDES = {
     "learning_rate": "learning_rate",
     "lr_schedule": "lr_schedule",
     "train_sizes": "train_sizes",
+    "augment": "augment",
     "eval_size": "eval_size",
     "precision": "precision",
     "seed": "seed",
@@ -278,6 +279,12 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         help="step: the reference's step decay (default); cosine: annealed to 0 over the run",
     )
     p.add_argument("--train-sizes", type=_ints, help="e.g. 224,256,288,320,352,384")
+    p.add_argument(
+        "--augment",
+        choices=("reference", "no_rotation", "none"),
+        help="training augmentation: reference (default: intensity, flips, rotation up to 90 "
+        "degrees), no_rotation (the same without the rotation) or none (padding and resize)",
+    )
     p.add_argument("--eval-size", type=int)
     p.add_argument("--precision", choices=("float32", "bfloat16"))
     p.add_argument("--seed", type=int)

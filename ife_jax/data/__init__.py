@@ -20,9 +20,11 @@ from ife_jax.data.arrays import to_arrays
 from ife_jax.data.images import UnreadableImageError, read_image, read_mask
 from ife_jax.data.loader import invert_eval_batch, make_eval_loader, make_train_loader
 from ife_jax.data.transforms import (
+    AUGMENTATIONS,
     EVAL_SIZE,
     MEAN,
     NO_AUGMENT,
+    NO_ROTATION_AUGMENT,
     REFERENCE_AUGMENT,
     STD,
     TRAIN_SIZES,
@@ -36,9 +38,11 @@ from ife_jax.data.transforms import (
 )
 
 __all__ = [
+    "AUGMENTATIONS",
     "EVAL_SIZE",
     "MEAN",
     "NO_AUGMENT",
+    "NO_ROTATION_AUGMENT",
     "REFERENCE_AUGMENT",
     "STD",
     "TRAIN_SIZES",

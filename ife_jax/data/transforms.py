@@ -144,6 +144,14 @@ REFERENCE_AUGMENT = AugmentConfig()  #: the reference recipe
 NO_AUGMENT = AugmentConfig(
     p_intensity=0.0, p_vflip=0.0, p_hflip=0.0, p_rotate=0.0
 )  #: padding and normalisation only
+NO_ROTATION_AUGMENT = AugmentConfig(p_rotate=0.0)  #: the reference recipe without its rotation
+
+#: The augmentations a training configuration names (``TrainConfig.augment``).
+AUGMENTATIONS = {
+    "reference": REFERENCE_AUGMENT,
+    "no_rotation": NO_ROTATION_AUGMENT,
+    "none": NO_AUGMENT,
+}
 
 
 def train_augment(

@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any
 
-from ife_jax.data.transforms import EVAL_SIZE, TRAIN_SIZES
+from ife_jax.data.transforms import AUGMENTATIONS, EVAL_SIZE, TRAIN_SIZES
 from ife_jax.ops._checks import CRITERIA, check_ife
 
 MODELS = ("unet", "deeplabv3plus", "sinetv2", "nnunet")
@@ -78,6 +78,9 @@ class TrainConfig:
       pretrained_backbone_sha256: the SHA-256 of that file, filled in when a run starts (a run
         given a value checks the file against it).
       train_sizes: square sizes each training batch is resized to (one per batch, at random).
+      augment: the training augmentation (:data:`ife_jax.data.transforms.AUGMENTATIONS`):
+        ``"reference"`` (the reference recipe: intensity, flips, rotation by up to 90 degrees),
+        ``"no_rotation"`` (the same without the rotation) or ``"none"`` (padding and resize).
       eval_size: square size of the evaluation transform.
       precision: compute dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
       seed: seeds the parameters, the data order, augmentation and dropout.
@@ -120,6 +123,7 @@ class TrainConfig:
     pretrained_backbone: str | None = None
     pretrained_backbone_sha256: str | None = None
     train_sizes: tuple[int, ...] = REFERENCE_TRAIN_SIZES
+    augment: str = "reference"
     eval_size: int = EVAL_SIZE
     precision: str = "float32"
     seed: int = 0
@@ -155,6 +159,8 @@ class TrainConfig:
             bad("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
         if self.precision not in PRECISIONS:
             bad("precision", f"must be one of {', '.join(PRECISIONS)}")
+        if self.augment not in AUGMENTATIONS:
+            bad("augment", f"must be one of {', '.join(AUGMENTATIONS)}")
         for name in (
             "batch_size",
             "epochs",
@@ -329,6 +335,9 @@ PRESETS: dict[str, TrainConfig] = {
     # averages of batch-4 training moved validation Dice by about a point with the weights
     # frozen; with the statistics recomputed, 17 of 18 runs (seeds 0-5) converged, against
     # 16 of 18 with the running averages (64 images: 17 of 18 as well, at twice the cost).
+    # The reference augmentation without its rotation (by up to 90 degrees, zero corners): 18
+    # of 18 runs (seeds 0-5) converged, and 15 of 18 when the last quarter is counted as the
+    # last 3 epochs (9 of 18 with the rotation), at the same test DSC and 10% less wall time.
     "demo": TrainConfig(
         model="unet",
         dataset="synthetic/small",
@@ -339,6 +348,7 @@ PRESETS: dict[str, TrainConfig] = {
         epochs=10,
         lr_schedule="cosine",
         train_sizes=(96,),
+        augment="no_rotation",
         eval_size=96,
         learning_rate=3e-3,
         checkpoint_every_epochs=4,

@@ -97,7 +97,7 @@ class GrainTrainInput:
     """
 
     def __init__(self, source, config: TrainConfig):
-        from ife_jax.data import make_train_loader
+        from ife_jax.data import AUGMENTATIONS, make_train_loader
 
         count, index = jax.process_count(), jax.process_index()
         if config.batch_size % count:
@@ -122,6 +122,7 @@ class GrainTrainInput:
             num_workers=config.num_workers,
             shard_index=index,
             shard_count=count,
+            augment=AUGMENTATIONS[config.augment],
         )
         self._iterator = iter(dataset)
 

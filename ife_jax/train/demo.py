@@ -43,7 +43,8 @@ def run_demo(
     print(
         f"ife-jax demo: a narrow UNet (widths {config.model_kwargs['widths']}) with and without "
         f"IFE, {seeds} seeds each, trained {config.epochs} epochs (batch {config.batch_size}, "
-        f"Adam {config.learning_rate:g}, {config.lr_schedule} schedule) on "
+        f"Adam {config.learning_rate:g}, {config.lr_schedule} schedule, "
+        f"{_AUGMENT_WORDS[config.augment]}) on "
         f"{config.max_train_examples} synthetic images at "
         f"{'/'.join(map(str, config.train_sizes))} px, evaluated at {config.eval_size} px"
         f"{_precise(config)} (the paper trains the full UNet 100 epochs at 224-384 px on "
@@ -84,6 +85,13 @@ def run_demo(
         f"{output}/<variant>/seed<S> ({minutes:.1f} min wall, {cpu_minutes:.1f} min CPU)"
     )
     return {**result, "minutes": minutes, "cpu_minutes": cpu_minutes}
+
+
+_AUGMENT_WORDS = {
+    "reference": "the reference augmentation",
+    "no_rotation": "the reference augmentation without its rotation",
+    "none": "no augmentation",
+}
 
 
 def _precise(config) -> str:

@@ -1,5 +1,7 @@
 """Geometry of the training and evaluation transforms, checked against hand-worked cases."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -115,3 +117,24 @@ def test_invert_eval_rejects_unknown_interpolation():
     with pytest.raises(ValueError, match="interpolation"):
         T.invert_eval(np.zeros((4, 4)), height=4, width=4, pad_top=0, pad_left=0, padded_size=8,
                       interpolation="cubic")  # fmt: skip
+
+
+def test_named_augmentations_rotate_only_in_the_reference(monkeypatch):
+    """``no_rotation`` is the reference recipe with p_rotate = 0: it flips and changes the
+    intensity as the reference does, and never rotates; ``none`` does neither."""
+    assert T.AUGMENTATIONS["no_rotation"] == dataclasses.replace(T.REFERENCE_AUGMENT, p_rotate=0.0)
+    rotated = []
+    real_rotate = T.rotate
+    monkeypatch.setattr(T, "rotate", lambda *a, **k: rotated.append(1) or real_rotate(*a, **k))
+    image, mask = _shape_pair(24, 24)
+    changed = {}
+    for name, config in T.AUGMENTATIONS.items():
+        rotated.clear()
+        changed[name] = 0
+        for seed in range(30):
+            out, _ = T.train_augment(image, mask, np.random.default_rng(seed), config=config)
+            changed[name] += not np.array_equal(out, image)
+        changed[name, "rotations"] = len(rotated)
+    assert changed["reference", "rotations"] > 0
+    assert changed["no_rotation", "rotations"] == changed["none", "rotations"] == 0
+    assert changed["no_rotation"] > 0 and changed["none"] == 0

@@ -185,3 +185,19 @@ def test_precise_bn_flag_sets_the_config_field_and_is_checked():
     assert _train_config(parse(["train", "--workdir", "w"])).precise_bn_examples == 0
     with pytest.raises(ValueError, match="precise_bn_examples=2: must be 0"):
         _train_config(parse(["train", "--workdir", "w", "--preset", "demo", "--precise-bn", "2"]))
+
+
+def test_augment_flag_sets_the_config_field():
+    from ife_jax.cli import _train_config, build_parser
+
+    parse = build_parser().parse_args
+    assert _train_config(parse(["train", "--workdir", "w"])).augment == "reference"
+    assert _train_config(parse(["train", "--workdir", "w", "--preset", "demo"])).augment == (
+        "no_rotation"
+    )
+    config = _train_config(parse(["train", "--workdir", "w", "--augment", "none"]))
+    assert config.augment == "none"
+    from ife_jax.cli import UsageError
+
+    with pytest.raises(UsageError, match="--augment: invalid choice: 'rotate'"):
+        parse(["train", "--workdir", "w", "--augment", "rotate"])

@@ -73,6 +73,7 @@ def test_json_round_trip(name):
         ("decay_factor", float("nan")),
         ("ratios", (0.5, float("nan"))),
         ("epochs", 0),
+        ("augment", "rotate"),
     ],
 )
 def test_bad_values_name_the_field(field, value):

@@ -475,3 +475,26 @@ def test_grain_training_input_gives_its_first_images_as_stored():
     for got, record in zip(images, records, strict=False):
         np.testing.assert_array_equal(got, record["image"])
     assert len(train.first_images(100)) == 5
+
+
+@pytest.mark.parametrize("augment", ["reference", "no_rotation", "none"])
+def test_grain_training_input_uses_the_configured_augmentation(monkeypatch, augment):
+    import ife_jax.data as data
+    from ife_jax.data.transforms import AUGMENTATIONS
+    from ife_jax.train.config import preset
+    from ife_jax.train.datasets import GrainTrainInput
+
+    seen = []
+    real = data.make_train_loader
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("augment"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "make_train_loader", spy)
+    records = [
+        {"image": np.zeros((20, 18, 3), np.uint8), "mask": np.zeros((20, 18, 1), np.uint8)}
+        for _ in range(4)
+    ]
+    GrainTrainInput(records, preset("tiny", batch_size=2, train_sizes=(16,), augment=augment))
+    assert seen == [AUGMENTATIONS[augment]]
