@@ -188,16 +188,19 @@ def test_precise_bn_flag_sets_the_config_field_and_is_checked():
 
 
 def test_augment_flag_sets_the_config_field():
-    from ife_jax.cli import _train_config, build_parser
+    from ife_jax.cli import UsageError, _train_config, build_parser
+    from ife_jax.data.transforms import AUGMENTATIONS
 
-    parse = build_parser().parse_args
+    parser = build_parser()
+    parse = parser.parse_args
+    train = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    flag = next(a for a in train._actions if a.dest == "augment")
+    assert tuple(flag.choices) == tuple(AUGMENTATIONS)  # the flag offers every named one
     assert _train_config(parse(["train", "--workdir", "w"])).augment == "reference"
     assert _train_config(parse(["train", "--workdir", "w", "--preset", "demo"])).augment == (
         "no_rotation"
     )
     config = _train_config(parse(["train", "--workdir", "w", "--augment", "none"]))
     assert config.augment == "none"
-    from ife_jax.cli import UsageError
-
     with pytest.raises(UsageError, match="--augment: invalid choice: 'rotate'"):
         parse(["train", "--workdir", "w", "--augment", "rotate"])
