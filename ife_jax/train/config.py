@@ -337,7 +337,7 @@ PRESETS: dict[str, TrainConfig] = {
     # 16 of 18 with the running averages (64 images: 17 of 18 as well, at twice the cost).
     # The reference augmentation without its rotation (by up to 90 degrees, zero corners): 18
     # of 18 runs (seeds 0-5) converged, and 15 of 18 when the last quarter is counted as the
-    # last 3 epochs (9 of 18 with the rotation), at the same test DSC and 10% less wall time.
+    # last 3 epochs (9 of 18 with the rotation), at the same test DSC and 5% less wall time.
     "demo": TrainConfig(
         model="unet",
         dataset="synthetic/small",
