@@ -412,14 +412,17 @@ def _tile_upsample(x: jax.Array, kernel: jax.Array, precision) -> jax.Array:
     return _tiles(x, w, tuple(ks), precision)
 
 
+def _interleave_tiles(n: int) -> list[int]:
+    """The transpose ``(B, S1, .., Sn, K1, .., Kn, C) -> (B, S1, K1, .., Sn, Kn, C)``."""
+    return [0] + [a for i in range(n) for a in (1 + i, 1 + n + i)] + [1 + 2 * n]
+
+
 def _tiles_xla(x, w, ks, precision):
     """``x @ w`` (B, *S, prod K * Cout), each pixel's K tile moved into place."""
     n, spatial, b = len(ks), x.shape[1:-1], x.shape[0]
     y = jnp.dot(x, w, precision=precision)
     y = y.reshape(b, *spatial, *ks, -1)
-    # (B, S1, .., Sn, K1, .., Kn, C) -> (B, S1, K1, .., Sn, Kn, C)
-    order = [0] + [a for i in range(n) for a in (1 + i, 1 + n + i)] + [1 + 2 * n]
-    y = jnp.transpose(y, order)
+    y = jnp.transpose(y, _interleave_tiles(n))
     return y.reshape(b, *(s * k for s, k in zip(spatial, ks, strict=True)), -1)
 
 
@@ -447,9 +450,9 @@ def _tiles_bwd(ks, precision, res, g):
         tiled = g.reshape(
             x.shape[0], *(v for s, k in zip(spatial, ks, strict=True) for v in (s, k)), -1
         )
-        # (B, S1, K1, .., Sn, Kn, C) -> (B, S1, .., Sn, K1, .., Kn, C)
-        order = [0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2), 2 * n + 1]
-        rows = jnp.transpose(tiled, order).reshape(-1, w.shape[1])
+        order = _interleave_tiles(n)
+        back = sorted(range(len(order)), key=order.__getitem__)  # its inverse
+        rows = jnp.transpose(tiled, back).reshape(-1, w.shape[1])
         dx = lax.dot_general(rows, w, (((1,), (1,)), ((), ())), precision=precision)
         dw = lax.dot_general(
             x.reshape(-1, cin), rows, (((0,), (0,)), ((), ())), precision=precision
