@@ -21,6 +21,7 @@ Quick start::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -73,6 +74,7 @@ def build(
     overwrite: bool = False,
     anatomy: str | None = None,
     split_by: str = "hash",
+    progress: bool = True,
 ) -> tfds.core.DatasetBuilder:
     """Builds (or reuses) a dataset and returns its prepared TFDS builder.
 
@@ -96,6 +98,8 @@ def build(
         ``_<anatomy>`` appended.
       split_by: a folder without split files: ``"hash"`` or ``"slices"`` (contiguous slice
         ranges per volume); the default name gets ``_slices`` appended for the latter.
+      progress: show TFDS's progress bars while it writes the dataset (they are set back as
+        they were afterwards).
 
     Returns:
       the builder, prepared; ``builder.as_data_source(split=...)`` gives random-access sources.
@@ -141,8 +145,22 @@ def build(
             f"unknown dataset {spec!r}: expected 'synthetic[/<config>]', 'cosmos55k', "
             "'dmis_folder/<name>' or an existing folder"
         )
-    builder.download_and_prepare(download_config=download_config)
+    with _progress_bars(progress):
+        builder.download_and_prepare(download_config=download_config)
     return builder
+
+
+@contextlib.contextmanager
+def _progress_bars(enable: bool):
+    """TFDS's progress bars on or off inside the block, then back as they were."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    before = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(enable)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(before)
 
 
 def load(name_or_folder: str | os.PathLike, *, split: str | None = None, **build_kwargs):

@@ -52,7 +52,7 @@ def run_demo(
         f"{output}, {jobs} run{'s' if jobs > 1 else ''} at a time",
         flush=True,
     )
-    builder = tfds_cosmos.build(config.dataset, data_dir=data_dir)
+    builder = tfds_cosmos.build(config.dataset, data_dir=data_dir, progress=progress)
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
     print(f"dataset {builder.info.full_name}: {splits}", flush=True)
     result = compare(
@@ -65,7 +65,12 @@ def run_demo(
         jobs=jobs,
     )
     print("\n" + result["text"]["standard"])
-    print("Convergence (best validation Dice gained over the last quarter of epochs):")
+    # The epoch the quarter starts after, as :func:`convergence` counts it (E - E // 4).
+    start_epoch = config.epochs - config.epochs // 4
+    print(
+        "Convergence (best validation Dice gained over the last quarter of epochs, after epoch "
+        f"{start_epoch} of {config.epochs}):"
+    )
     for name, runs in result["runs"].items():
         gains = {s: convergence(run["curve"]) for s, run in runs.items()}
         cells = ", ".join(f"seed {s} {100 * g:+.2f}" for s, g in gains.items())

@@ -81,3 +81,11 @@ def test_builder_is_deterministic_and_configurable(tmp_path):
         split, index = "train", int(image_id[-6:])
         ex = generate_example(seed=5, split=split, index=index, min_size=24, max_size=40)
         np.testing.assert_array_equal(r["image"], ex["image"])
+
+
+def test_build_without_progress_prints_no_bars_and_leaves_them_on(tmp_path, capfd):
+    # TFDS writes its bars to stderr even when it is not a terminal.
+    tfds_cosmos.build("synthetic/tiny", data_dir=tmp_path / "quiet", progress=False)
+    assert "Generating" not in capfd.readouterr().err
+    tfds_cosmos.build("synthetic/tiny", data_dir=tmp_path / "default")
+    assert "Generating" in capfd.readouterr().err  # back on for the next build
