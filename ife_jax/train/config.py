@@ -338,8 +338,9 @@ PRESETS: dict[str, TrainConfig] = {
     # The reference augmentation without its rotation (by up to 90 degrees, zero corners): 18
     # of 18 runs (seeds 0-5) converged, and 15 of 18 when the last quarter is counted as the
     # last 3 epochs (9 of 18 with the rotation), at the same test DSC and 5% less wall time.
-    # Epoch counts whose quarter is whole (8; 12 over 132 or all 160 images) and validation on
-    # averaged weights missed as often (1-4 of 18; the README's demo section).
+    # Epoch counts whose quarter is whole missed as often (8 epochs: 2 of 9; 12 over 132
+    # images: 1 of 18; 12 over all 160: 4 of 18), and so did validation on averaged weights
+    # over the last 3 epochs (2 of 18); the README's demo section has the table.
     "demo": TrainConfig(
         model="unet",
         dataset="synthetic/small",
