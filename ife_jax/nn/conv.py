@@ -10,7 +10,8 @@ Two changes against ``flax.linen``'s defaults, both with the same parameters:
   about 4x slower than its forward at UNet's shapes and barely uses a second core. The input
   gradient is XLA's own, except on CPU at small maps with many channels (UNet's 14^2
   bottleneck), where it is one matrix product and a col2im (:func:`col2im_input_grad`). On
-  every other platform both gradients are XLA's (``lax.platform_dependent``). For 1x1
+  every other platform both gradients are XLA's (``lax.platform_dependent``), and so is the
+  kernel gradient in a process with several CPU devices (:func:`_several_cpu_devices`). For 1x1
   convolutions (heads, projections) of 32 input channels or more, both CPU gradients are one
   matrix product each, whatever their size.
 - :class:`ConvTranspose` computes a transposed convolution whose kernel equals its stride
@@ -40,6 +41,20 @@ PATCH_BLOCK_BYTES = 4 * 2**20
 ONE_BLOCK_PIXELS = 1024
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _several_cpu_devices() -> bool:
+    """Whether the process sees more than one CPU device (``jax_num_cpu_devices``,
+    ``--xla_force_host_platform_device_count``, or several processes), read when a gradient is
+    traced.
+
+    There the kernel gradient is XLA's own, not the blocked im2col: XLA:CPU (jaxlib 0.10.2)
+    deadlocked when the im2col's loop over blocks ran beside the gradients' all-reduces of a
+    step split over two CPU devices of a 2-core machine (the reference UNet at 224 px: "waiting
+    for all reduce ... may be stuck", then the process aborts after 40 s); with XLA's kernel
+    gradient the same step ran.
+    """
+    return len(jax.devices("cpu")) > 1
 
 
 def _explicit_padding(padding, x_shape, k_shape, dilation) -> tuple[tuple[int, int], ...] | None:
@@ -196,7 +211,10 @@ def _conv_bwd(pads, dilation, precision, res, g):
     def cpu_kernel_grad(x, g):
         return im2col_kernel_grad(x, g, w.shape[:2], pads=pads, dilation=dilation).astype(w.dtype)
 
-    dw = lax.platform_dependent(x, g, cpu=cpu_kernel_grad, default=xla_kernel_grad)
+    if _several_cpu_devices():
+        dw = xla_kernel_grad(x, g)
+    else:
+        dw = lax.platform_dependent(x, g, cpu=cpu_kernel_grad, default=xla_kernel_grad)
     return dx, dw
 
 

@@ -8,6 +8,10 @@ Whatever the summation order, ``|fl(sum) - sum| <= gamma_n * sum |terms|`` with
 exactly by the float64 reference, so that is the whole error.
 """
 
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -234,6 +238,35 @@ def test_cpu_kernel_gradient_is_the_im2col_product():
 
     assert convolutions(xla_conv) == 3
     assert convolutions(fast_conv) == 2
+
+
+def test_several_cpu_devices_keep_xlas_kernel_gradient(monkeypatch):
+    # The im2col's loop over blocks beside a split step's all-reduces deadlocked XLA:CPU: with
+    # several CPU devices the kernel gradient is XLA's convolution and the program has no loop.
+    rng = np.random.default_rng(3)
+    # 147 kB of patches per output row: 3 blocks of 4 MB (PATCH_BLOCK_BYTES).
+    x, w = normal(rng, (2, 64, 64, 32)), normal(rng, (3, 3, 32, 4))
+    pads = ((1, 1), (1, 1))
+
+    def compiled():
+        g = jax.jit(jax.grad(lambda x, w: jnp.sum(fast_conv(x, w, pads, 1) ** 2), (0, 1)))
+        return g.lower(x, w).compile().as_text()
+
+    one = compiled()
+    assert one.count(" convolution(") == 2 and " while(" in one
+    monkeypatch.setattr(conv_module, "_several_cpu_devices", lambda: True)
+    several = compiled()
+    assert several.count(" convolution(") == 3 and " while(" not in several
+
+
+def test_several_cpu_devices_are_detected():
+    # A fresh process with two CPU devices (the flag must be set before JAX starts).
+    code = "from ife_jax.nn import conv; print(conv._several_cpu_devices())"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split()[-1:] == ["True"], out.stderr[-2000:]
+    assert conv_module._several_cpu_devices() is (len(jax.devices("cpu")) > 1)
 
 
 def test_bfloat16_kernel_gradient_keeps_the_kernel_dtype():
