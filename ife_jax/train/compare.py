@@ -205,6 +205,11 @@ def paired_seed_test(baseline: Sequence[float], variant: Sequence[float]) -> dic
     return {**out, "ci_low": d.mean() - half, "ci_high": d.mean() + half, "t": t, "p": p}
 
 
+def quarter_start(last_epoch: int) -> int:
+    """The epoch after which :func:`convergence` counts the last quarter: ``E - E // 4``."""
+    return last_epoch - last_epoch // 4
+
+
 def convergence(curve: Sequence[tuple[int, float]], *, from_best: bool = True) -> float:
     """How much the best validation Dice rose over the last quarter of epochs: the best value of
     the whole curve minus the best up to epoch ``E - E // 4`` (``E`` the last epoch; with
@@ -221,7 +226,7 @@ def convergence(curve: Sequence[tuple[int, float]], *, from_best: bool = True) -
     if not points or max(points) < 4:
         return math.nan
     last = max(points)
-    before = {e: v for e, v in points.items() if e <= last - last // 4}
+    before = {e: v for e, v in points.items() if e <= quarter_start(last)}
     if not before:
         return math.nan
     start = max(before)

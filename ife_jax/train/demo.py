@@ -33,7 +33,7 @@ def run_demo(
       ``"cpu_minutes"`` (CPU time of this process and of its run processes, all threads).
     """
     import tfds_cosmos
-    from ife_jax.train.compare import compare, convergence, default_jobs
+    from ife_jax.train.compare import compare, convergence, default_jobs, quarter_start
 
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     jobs = default_jobs() if jobs is None else jobs
@@ -65,11 +65,9 @@ def run_demo(
         jobs=jobs,
     )
     print("\n" + result["text"]["standard"])
-    # The epoch the quarter starts after, as :func:`convergence` counts it (E - E // 4).
-    start_epoch = config.epochs - config.epochs // 4
     print(
         "Convergence (best validation Dice gained over the last quarter of epochs, after epoch "
-        f"{start_epoch} of {config.epochs}):"
+        f"{quarter_start(config.epochs)} of {config.epochs}):"
     )
     for name, runs in result["runs"].items():
         gains = {s: convergence(run["curve"]) for s, run in runs.items()}
