@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks in one go, about 6 minutes, each part under its own time limit:
+# GPU checks in one go, about 6-8 minutes, each part under its own time limit:
 #   1. the IFE-op tests on the device, the compiled Pallas entropy kernel included (its
 #      interpret-mode tests are left to CPU CI) (75 s);
 #   2. the compiled UNet gradient holds cuDNN convolutions (the CPU-only weight gradient of
@@ -7,7 +7,9 @@
 #   3. paper entropy: the Pallas kernel against the XLA path, the shapes (60 s);
 #   4. the IFE op timings at (32, 112, 112, 64) (45 s);
 #   5. PyTorch (eager, torch.compile) against ife-jax UNet / UNet+C / UNet+E, batch 32, 224 x 224,
-#      bf16, then the IFE cost split (extra FLOPs and remainder) (180 s, torch.compile 90 s of it).
+#      bf16, then the IFE cost split (extra FLOPs and remainder) (180 s, torch.compile 90 s of it);
+#   6. UNet+C and UNet+E's extra step time split into widening, selection and scoring, by
+#      ablated steps timed in interleaved rounds (120 s).
 # Tables go to OUTDIR (default: $OUT if set, else .). A part that runs out of time leaves what it
 # printed and the line "TIMED OUT" in its table; the next part still runs.
 # Usage on a GPU machine with jax, flax, optax and torch: bash benchmarks/gpu_check.sh [OUTDIR]
@@ -38,4 +40,6 @@ part 60 gpu_entropy_kernel.txt env IFE_JAX_PALLAS_ENTROPY=1 python3 benchmarks/e
 part 45 gpu_ops.txt python3 benchmarks/ife_ops.py --shape 32,112,112,64
 part 180 gpu_vs_torch.txt python3 benchmarks/vs_torch.py --batch-size 32 --size 224 \
   --peak-tflops "$peak" --compile-timeout 90 --runs 10 --warmup 3
+part 120 gpu_ife_in_step.txt python3 benchmarks/ife_in_step.py --batch-size 32 --size 224 \
+  --precision bfloat16 --runs 10 --warmup 2
 echo "gpu_check: $((SECONDS - start)) s" | tee -a "$out/gpu_machine.txt"

@@ -98,7 +98,10 @@ def ife_cost(row: dict, plain: dict) -> dict:
     return {"extra": extra, "flops": flops, "remainder": extra - flops}
 
 
-def bench(name, args, mesh):
+def prepare(name, args, mesh) -> dict:
+    """The compiled train step of variant ``name`` with its state and batches, ready to time:
+    ``compiled``, ``state``, ``batches`` (an iterator of host batches), ``compile_s``, ``flops``
+    and ``peak_bytes``."""
     model_name, ife = VARIANTS[name]
     kwargs = {"widths": tuple(args.widths)} if args.widths and model_name == "unet" else {}
     config = TrainConfig(
@@ -119,26 +122,40 @@ def bench(name, args, mesh):
     t0 = time.perf_counter()
     lowered = step.lower(state, batch)
     compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
-    flops = _flops(lowered)
-    for _ in range(args.warmup):
-        state, metrics = compiled(state, shard_batch(next(batches), mesh))
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(args.runs):
-        t = time.perf_counter()
-        state, metrics = compiled(state, shard_batch(next(batches), mesh))
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t)
-    median = statistics.median(times)
     return {
+        "compiled": compiled,
+        "state": state,
+        "batches": batches,
+        "compile_s": time.perf_counter() - t0,
+        "flops": _flops(lowered),
         "peak_bytes": _peak_bytes(compiled),
+    }
+
+
+def step_seconds(prepared: dict, mesh) -> float:
+    """Wall time of one train step of a :func:`prepare`-d variant (its state advances): from
+    taking the next batch (the input pipeline's share included) to the step's results."""
+    t = time.perf_counter()
+    batch = shard_batch(next(prepared["batches"]), mesh)
+    prepared["state"], metrics = prepared["compiled"](prepared["state"], batch)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - t
+
+
+def bench(name, args, mesh):
+    """One row of the table: variant ``name`` timed over ``args.runs`` steps (median)."""
+    p = prepare(name, args, mesh)
+    for _ in range(args.warmup):
+        step_seconds(p, mesh)
+    median = statistics.median(step_seconds(p, mesh) for _ in range(args.runs))
+    return {
+        "peak_bytes": p["peak_bytes"],
         "name": name,
         "images_s": args.batch_size / median,
         "step_s": median,
-        "compile_s": compile_s,
-        "tflops": flops / median / 1e12,
-        "flops": flops,
+        "compile_s": p["compile_s"],
+        "tflops": p["flops"] / median / 1e12,
+        "flops": p["flops"],
     }
 
 
