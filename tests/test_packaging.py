@@ -54,6 +54,27 @@ def test_core_import_loads_no_optional_package():
     assert sorted(set(loaded) & set(OPTIONAL)) == []
 
 
+def test_train_step_and_its_benchmark_need_no_data_or_keras_extra():
+    # A GPU machine may have jax, flax and optax but neither grain nor OpenCV: the train step
+    # (config, network, state, step) and benchmarks/train.py's device-only path must run there.
+    blocked = ("grain", "cv2", "tensorflow_datasets", "keras", "PIL", "tqdm", "matplotlib")
+    loaded = _run(
+        "import argparse, json, sys\n"
+        f"for name in {blocked!r}:\n"
+        "    sys.modules[name] = None  # `import name` fails as if not installed\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "import train\n"
+        "from ife_jax.train.sharding import make_mesh\n"
+        "args = argparse.Namespace(size=32, batch_size=2, precision='float32', runs=1,\n"
+        "                          warmup=0, widths=[4, 8, 8, 8, 8], device_only=True)\n"
+        "row = train.bench('UNet+E', args, make_mesh())\n"
+        "assert row['step_s'] > 0\n"
+        "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules if sys.modules[m])))\n"
+    )
+    assert "ife_jax" in loaded and "optax" in loaded
+    assert sorted(set(loaded) & set(OPTIONAL)) == []
+
+
 def test_missing_extra_names_the_extra():
     cases = [
         ("cv2", "ife_jax.data", "data"),

@@ -15,17 +15,27 @@ prediction back to the original image size.
 
 from __future__ import annotations
 
-import dataclasses
-
 import cv2
 import numpy as np
+
+# The recipe's sizes and augmentation settings live in a module that needs none of this
+# subpackage's extra, so that a training configuration can be built without it.
+from ife_jax import _recipe
+from ife_jax._recipe import AugmentConfig
+
+#: Reference training sizes: each batch is resized to one of these.
+TRAIN_SIZES = _recipe.TRAIN_SIZES
+#: Reference evaluation size.
+EVAL_SIZE = _recipe.EVAL_SIZE
+REFERENCE_AUGMENT = _recipe.REFERENCE_AUGMENT  #: the reference recipe
+NO_AUGMENT = _recipe.NO_AUGMENT  #: padding and normalisation only
+NO_ROTATION_AUGMENT = _recipe.NO_ROTATION_AUGMENT  #: the reference recipe without its rotation
+#: The augmentations a training configuration names (``TrainConfig.augment``).
+AUGMENTATIONS = _recipe.AUGMENTATIONS
 
 #: Reference normalisation on 0-255 RGB values.
 MEAN = np.array([124.55, 118.90, 102.94], np.float32)
 STD = np.array([56.77, 55.97, 57.50], np.float32)
-#: Reference training sizes: each batch is resized to one of these.
-TRAIN_SIZES = (224, 256, 288, 320, 352, 384)
-EVAL_SIZE = 224
 
 _INTERPOLATION = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 
@@ -114,44 +124,6 @@ def normalize(image: np.ndarray) -> np.ndarray:
 def denormalize(image: np.ndarray) -> np.ndarray:
     """Inverse of :func:`normalize` (float32, not rounded)."""
     return image * STD + MEAN
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Probabilities and limits of the training augmentation (defaults: the reference recipe).
-
-    Attributes:
-      p_intensity: probability of the intensity step (brightness/contrast, then CLAHE).
-      p_brightness_contrast: probability of brightness/contrast inside it; ``limit`` its range.
-      p_clahe: probability of CLAHE inside it; ``clahe_clip``, ``clahe_grid`` its settings.
-      p_vflip, p_hflip: flip probabilities.
-      p_rotate: probability of a rotation by an integer angle in ``[-max_angle, max_angle]``.
-    """
-
-    p_intensity: float = 0.9
-    p_brightness_contrast: float = 0.5
-    limit: float = 0.2
-    p_clahe: float = 0.5
-    clahe_clip: float = 1.5
-    clahe_grid: int = 8
-    p_vflip: float = 0.5
-    p_hflip: float = 0.5
-    p_rotate: float = 0.5
-    max_angle: int = 90
-
-
-REFERENCE_AUGMENT = AugmentConfig()  #: the reference recipe
-NO_AUGMENT = AugmentConfig(
-    p_intensity=0.0, p_vflip=0.0, p_hflip=0.0, p_rotate=0.0
-)  #: padding and normalisation only
-NO_ROTATION_AUGMENT = AugmentConfig(p_rotate=0.0)  #: the reference recipe without its rotation
-
-#: The augmentations a training configuration names (``TrainConfig.augment``).
-AUGMENTATIONS = {
-    "reference": REFERENCE_AUGMENT,
-    "no_rotation": NO_ROTATION_AUGMENT,
-    "none": NO_AUGMENT,
-}
 
 
 def train_augment(
@@ -263,3 +235,27 @@ def invert_eval(
     t, l = int(pad_top), int(pad_left)
     out = work[t : t + int(height), l : l + int(width)]
     return out[:, :, None] if squeeze else out
+
+
+__all__ = [
+    "AUGMENTATIONS",
+    "EVAL_SIZE",
+    "MEAN",
+    "NO_AUGMENT",
+    "NO_ROTATION_AUGMENT",
+    "REFERENCE_AUGMENT",
+    "STD",
+    "TRAIN_SIZES",
+    "AugmentConfig",
+    "as_image_mask",
+    "brightness_contrast",
+    "clahe",
+    "denormalize",
+    "eval_transform",
+    "invert_eval",
+    "normalize",
+    "pad_to_square",
+    "resize_pair",
+    "rotate",
+    "train_augment",
+]

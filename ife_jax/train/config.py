@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any
 
-from ife_jax.data.transforms import AUGMENTATIONS, EVAL_SIZE, TRAIN_SIZES
+from ife_jax._recipe import AUGMENTATIONS, EVAL_SIZE, TRAIN_SIZES
 from ife_jax.ops._checks import CRITERIA, check_ife
 
 MODELS = ("unet", "deeplabv3plus", "sinetv2", "nnunet")
