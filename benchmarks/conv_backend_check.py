@@ -25,10 +25,13 @@ N_3X3 = 18
 
 
 def compiled_gradient_hlo() -> str:
-    # The 256 -> 256 conv of the 2 x 2 bottleneck takes the CPU col2im input gradient.
-    model = UNet(widths=(16, 32, 64, 128, 256))
-    x = jnp.ones((2, 32, 32, 3))
-    m = jnp.ones((2, 32, 32, 1))
+    # Large enough that on CPU every 3x3 conv but the first (3 input channels) takes the custom
+    # kernel gradient (ife_jax.nn.conv's size rule: >= 32 channels and >= 6e8 FLOPs, here
+    # 1.2e9 at every stage), and the 16^2 and 8^2 stages (256-512 channels) the col2im input
+    # gradient.
+    model = UNet(widths=(32, 64, 128, 256, 512))
+    x = jnp.ones((4, 128, 128, 3))
+    m = jnp.ones((4, 128, 128, 1))
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
 
     def loss(params, batch_stats, x, m):
