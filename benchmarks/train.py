@@ -90,7 +90,9 @@ def ife_cost(row: dict, plain: dict) -> dict:
 
     At the plain model's achieved FLOP rate the variant's extra FLOPs (the wider decoder
     convolutions, from the lowered HLO) would take ``plain_step * (flops / plain_flops - 1)``;
-    the remainder of the extra time is what scoring and selection cost beyond their FLOPs.
+    the remainder of the extra time is what those FLOPs do not explain: scoring and
+    selection, and the wider network running below the plain one's FLOP rate (the copies
+    of the concatenations). ``benchmarks/ife_in_step.py`` measures the parts by ablated steps.
     All three are returned as fractions of the plain model's step.
     """
     extra = row["step_s"] / plain["step_s"] - 1.0
@@ -220,6 +222,8 @@ def print_table(rows, peak_tflops=None):
     ]
     if split:
         print("IFE cost, % of the plain model's step: extra step time = extra FLOPs + remainder")
+        print("(remainder: scoring, selection and the wider network's lower FLOP rate; "
+              "benchmarks/ife_in_step.py splits it)")  # fmt: skip
         print(f"{'model':<12}{'step ms':>9}{'extra':>9}{'FLOPs':>9}{'remainder':>11}{'ms':>8}")
         for r, plain in split:
             c = ife_cost(r, plain)
