@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks in one go, about 6-8 minutes, each part under its own time limit:
+# GPU checks in one go, about 6-8 minutes (2-3 more with part 7), each part under its own limit:
 #   1. the IFE-op tests on the device, the compiled Pallas entropy kernel included (its
 #      interpret-mode tests are left to CPU CI) (75 s);
 #   2. the compiled UNet gradient holds cuDNN convolutions (the CPU-only weight gradient of
@@ -10,6 +10,9 @@
 #      bf16, then the IFE cost split (extra FLOPs and remainder) (180 s, torch.compile 90 s of it);
 #   6. UNet+C and UNet+E's extra step time split into widening, selection and scoring, by
 #      ablated steps timed in interleaved rounds (120 s).
+#   7. the UNet step fed by the grain input pipeline (12 workers, the synthetic dataset built
+#      first), then the same step device-only, bf16, batch 32 at 224 x 224 (150 s); skipped with
+#      a note where grain or tensorflow_datasets is not installed.
 # Tables go to OUTDIR (default: $OUT if set, else .). A part that runs out of time leaves what it
 # printed and the line "TIMED OUT" in its table; the next part still runs.
 # Usage on a GPU machine with jax, flax, optax and torch: bash benchmarks/gpu_check.sh [OUTDIR]
@@ -42,4 +45,11 @@ part 180 gpu_vs_torch.txt python3 benchmarks/vs_torch.py --batch-size 32 --size 
   --peak-tflops "$peak" --compile-timeout 90 --runs 10 --warmup 3
 part 120 gpu_ife_in_step.txt python3 benchmarks/ife_in_step.py --batch-size 32 --size 224 \
   --precision bfloat16 --runs 10 --warmup 2
+if python3 -c "import grain, tensorflow_datasets" 2>/dev/null; then
+  common="--models UNet --batch-size 32 --size 224 --precision bfloat16 --runs 10 --warmup 3"
+  part 150 gpu_pipeline.txt bash -c "python3 benchmarks/train.py $common --num-workers 12 \
+    --data-dir ${TMPDIR:-/tmp}/ife_jax_tfds && python3 benchmarks/train.py $common --device-only"
+else
+  echo "pipeline: skipped (grain or tensorflow_datasets is not installed)" | tee "$out/gpu_pipeline.txt"
+fi
 echo "gpu_check: $((SECONDS - start)) s" | tee -a "$out/gpu_machine.txt"
