@@ -50,13 +50,3 @@ AUGMENTATIONS = {
     "no_rotation": NO_ROTATION_AUGMENT,
     "none": NO_AUGMENT,
 }
-
-__all__ = [
-    "AUGMENTATIONS",
-    "EVAL_SIZE",
-    "NO_AUGMENT",
-    "NO_ROTATION_AUGMENT",
-    "REFERENCE_AUGMENT",
-    "TRAIN_SIZES",
-    "AugmentConfig",
-]

@@ -235,27 +235,3 @@ def invert_eval(
     t, l = int(pad_top), int(pad_left)
     out = work[t : t + int(height), l : l + int(width)]
     return out[:, :, None] if squeeze else out
-
-
-__all__ = [
-    "AUGMENTATIONS",
-    "EVAL_SIZE",
-    "MEAN",
-    "NO_AUGMENT",
-    "NO_ROTATION_AUGMENT",
-    "REFERENCE_AUGMENT",
-    "STD",
-    "TRAIN_SIZES",
-    "AugmentConfig",
-    "as_image_mask",
-    "brightness_contrast",
-    "clahe",
-    "denormalize",
-    "eval_transform",
-    "invert_eval",
-    "normalize",
-    "pad_to_square",
-    "resize_pair",
-    "rotate",
-    "train_augment",
-]
