@@ -1,4 +1,5 @@
-"""Slow, obvious NumPy versions of the IFE scores, written independently of the library."""
+"""Slow, obvious NumPy versions of the IFE scores and of a convolution and its gradients,
+written independently of the library."""
 
 from collections import Counter
 
@@ -131,3 +132,40 @@ def paper_entropy_3d_numpy(x, bins=256):
             p = np.array(list(counts.values()), np.float64) / (d * h * w)
             out[bi, ci] = -(p * np.log2(p)).sum()
     return out
+
+
+#: float32 unit roundoff.
+U = 2.0**-24
+
+
+def gamma(n):
+    """gamma_n = n u / (1 - n u) (Higham, eq. 3.5): bounds the rounding of a sum of n terms."""
+    return n * U / (1 - n * U)
+
+
+def padded(x, pads):
+    return np.pad(np.asarray(x, np.float64), ((0, 0), *pads, (0, 0)))
+
+
+def reference_conv_grads(x, w, r, pads, dilation):
+    """float64 (y, dL/dx, dL/dw) and the sums of |terms| for L = sum(conv(x, w) * r), tap by tap."""
+    kh, kw, _, _ = w.shape
+    dh, dw = dilation
+    xp, w64, r64 = padded(x, pads), np.asarray(w, np.float64), np.asarray(r, np.float64)
+    ho, wo = r.shape[1:3]
+    y, dxp, dwt = np.zeros(r.shape), np.zeros(xp.shape), np.zeros(w.shape)
+    dx_mag, dw_mag = np.zeros(xp.shape), np.zeros(w.shape)
+    for p in range(kh):
+        for q in range(kw):
+            win = (slice(None), slice(dh * p, dh * p + ho), slice(dw * q, dw * q + wo))
+            y += xp[win] @ w64[p, q]
+            dxp[win] += r64 @ w64[p, q].T
+            dx_mag[win] += np.abs(r64) @ np.abs(w64[p, q]).T
+            dwt[p, q] = np.einsum("bhwc,bhwo->co", xp[win], r64)
+            dw_mag[p, q] = np.einsum("bhwc,bhwo->co", np.abs(xp[win]), np.abs(r64))
+    crop = (
+        slice(None),
+        slice(pads[0][0], pads[0][0] + x.shape[1]),
+        slice(pads[1][0], pads[1][0] + x.shape[2]),
+    )
+    return y, dxp[crop], dx_mag[crop], dwt, dw_mag

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ife_jax.nn.concat import concat_channels
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import (
     ConvBNReLU,
@@ -142,12 +143,12 @@ class DeepLabV3Plus(nn.Module):
                 entropy_mode=self.entropy_mode,
             )  # fmt: skip
             if self.ratios[0] > 0:
-                low = IFE(ratio=float(self.ratios[0]), name="ife_low", **ife)(low)
+                low = IFE(ratio=float(self.ratios[0]), name="ife_low", **ife)(low, lazy=True)
             if self.ratios[1] > 0:
                 aspp = IFE(ratio=float(self.ratios[1]), name="ife_aspp", **ife)(aspp)
 
         aspp = resize_bilinear_align_corners(aspp, low.shape[1:3])
-        y = jnp.concatenate([aspp, low], axis=-1)
+        y = concat_channels(aspp, low)
         y = ConvBNReLU(self.decoder_features, 3, name="decoder1", **kw)(y, train)
         y = nn.Dropout(0.5, deterministic=not train)(y)
         y = ConvBNReLU(self.decoder_features, 3, name="decoder2", **kw)(y, train)

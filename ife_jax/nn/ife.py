@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from ife_jax.nn.concat import ChannelConcat
 from ife_jax.ops import enhance, num_selected
 from ife_jax.ops.entropy import DEFAULT_MEMORY_BUDGET
 
@@ -41,7 +42,11 @@ class IFE(nn.Module):
     curvature_mode: str = "volume"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, lazy: bool = False) -> jax.Array | ChannelConcat:
+        """``[x, selected]`` (or ``[selected, x]``); with ``lazy``, the same concatenation as
+        a :class:`~ife_jax.nn.concat.ChannelConcat`, which a following
+        :class:`~ife_jax.nn.conv.Conv` reads without building the copies (see
+        :func:`~ife_jax.nn.conv.concat_conv`)."""
         out, indices = enhance(
             x,
             criterion=self.criterion,
@@ -54,4 +59,6 @@ class IFE(nn.Module):
             curvature_mode=self.curvature_mode,
         )
         self.sow("intermediates", "indices", indices)
+        if lazy:  # the built concatenation is left unused: XLA drops it
+            return ChannelConcat.with_copies(x, indices, raw_first=self.order == "raw_first")
         return out

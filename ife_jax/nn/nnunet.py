@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ife_jax.nn.concat import concat_channels
 from ife_jax.nn.conv import Conv, ConvTranspose
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import Dtype
@@ -166,8 +167,8 @@ class NNUNet(nn.Module):
                         "ife_levels)."
                     )
                 ife = IFE(self.ife, r, "raw_first", entropy_mode=self.entropy_mode, name=f"ife{s}")
-                skip = ife(skip)
-            x = jnp.concatenate([x, skip], -1)
+                skip = ife(skip, lazy=True)
+            x = concat_channels(x, skip)
             for i in range(plan.decoder_convs):
                 x = ConvNormAct(f, ones, tuple(kernels[s]), name=f"dec{s}_{i}", **kw)(x)
             if s < len(self.output_weights):  # a head exactly where the loss weight is non-zero

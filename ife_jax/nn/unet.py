@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ife_jax.nn.concat import concat_channels
 from ife_jax.nn.conv import Conv, ConvTranspose
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import (
@@ -102,7 +103,7 @@ def unet_body(module: nn.Module, x: jax.Array, train: bool, *, spatial_dims: int
                 bins=module.bins,
                 name=f"ife_c{level + 1}",
                 **ife_options,
-            )(skips[level])
+            )(skips[level], lazy=True)
 
     x = skips[-1]
     for j, level in enumerate(range(len(module.widths) - 2, -1, -1)):
@@ -110,7 +111,7 @@ def unet_body(module: nn.Module, x: jax.Array, train: bool, *, spatial_dims: int
         x = ConvTranspose(
             width, (2,) * n, strides=(2,) * n, kernel_init=conv_init, name=f"up{j + 1}", **kw
         )(x)
-        x = jnp.concatenate([skips[level], x], axis=-1)
+        x = concat_channels(skips[level], x)
         x = DoubleConv(width, spatial_dims=n, name=f"dec{j + 1}", **kw, **bn)(x, train)
 
     return Conv(module.num_classes, (1,) * n, name="head", **kw)(x)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _oracles import gamma, reference_conv_grads
 from jax import lax
 
 from ife_jax.nn import conv as conv_module
@@ -28,7 +29,6 @@ from ife_jax.nn.conv import (
     im2col_kernel_grad,
 )
 
-U = 2.0**-24
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -47,40 +47,8 @@ def custom_gradient_at_every_size(monkeypatch):
         monkeypatch.setattr(conv_module, name, 0)
 
 
-def gamma(n):
-    return n * U / (1 - n * U)
-
-
 def normal(rng, shape):
     return jnp.asarray(rng.normal(size=shape), jnp.float32)
-
-
-def padded(x, pads):
-    return np.pad(np.asarray(x, np.float64), ((0, 0), *pads, (0, 0)))
-
-
-def reference_conv_grads(x, w, r, pads, dilation):
-    """float64 (y, dL/dx, dL/dw) and the sums of |terms| for L = sum(conv(x, w) * r), tap by tap."""
-    kh, kw, _, _ = w.shape
-    dh, dw = dilation
-    xp, w64, r64 = padded(x, pads), np.asarray(w, np.float64), np.asarray(r, np.float64)
-    ho, wo = r.shape[1:3]
-    y, dxp, dwt = np.zeros(r.shape), np.zeros(xp.shape), np.zeros(w.shape)
-    dx_mag, dw_mag = np.zeros(xp.shape), np.zeros(w.shape)
-    for p in range(kh):
-        for q in range(kw):
-            win = (slice(None), slice(dh * p, dh * p + ho), slice(dw * q, dw * q + wo))
-            y += xp[win] @ w64[p, q]
-            dxp[win] += r64 @ w64[p, q].T
-            dx_mag[win] += np.abs(r64) @ np.abs(w64[p, q]).T
-            dwt[p, q] = np.einsum("bhwc,bhwo->co", xp[win], r64)
-            dw_mag[p, q] = np.einsum("bhwc,bhwo->co", np.abs(xp[win]), np.abs(r64))
-    crop = (
-        slice(None),
-        slice(pads[0][0], pads[0][0] + x.shape[1]),
-        slice(pads[1][0], pads[1][0] + x.shape[2]),
-    )
-    return y, dxp[crop], dx_mag[crop], dwt, dw_mag
 
 
 # (B, H, W, Cin, Cout, (kh, kw), dilation, padding): every variant the custom gradient handles.
