@@ -30,7 +30,7 @@ class ChannelConcat:
     else its channels ``indices[s][b]`` for sample ``b`` (``gather_channels``).
 
     Attributes:
-      arrays: the distinct arrays, (B, *spatial, C_i), one dtype, one leading shape.
+      arrays: the distinct arrays, (B, ..., C_i), one dtype, one leading shape.
       indices: per segment, None or a (B, k_s) int32 array of channel indices.
       sources: per segment, the index of its array (static).
     """
@@ -47,7 +47,7 @@ class ChannelConcat:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The concatenation's shape, (B, *spatial, channels)."""
+        """The concatenation's shape, (B, ..., channels)."""
         return (*self.arrays[0].shape[:-1], self.channels)
 
     @property
@@ -85,7 +85,7 @@ class ChannelConcat:
         )
 
     def distinct(self) -> tuple[jax.Array, jax.Array]:
-        """``(x, source)``: the arrays concatenated once each, (B, *spatial, C_x), and the
+        """``(x, source)``: the arrays concatenated once each, (B, ..., C_x), and the
         (B, channels) int32 map such that channel ``j`` of the concatenation is channel
         ``source[b, j]`` of ``x`` for sample ``b``."""
         offsets, total = [], 0
