@@ -392,22 +392,29 @@ def col2im_input_grad(
 #: 112^2, C = 128: 7% / 30% at batch 2, 2% / 35% at batch 8; 56^2, C = 256: 4% / 30% at batch
 #: 1, 12-18% / 23-27% at batch 4, 22% / 22% at batch 8, 32% / 27% at batch 16; 28^2, C = 256:
 #: 79% / 28% at batch 4 (one sample's convolution of a small map runs far below the batch's
-#: speed).
+#: speed). The copies must also be at least FOLD_MIN_COPIES of the kernel's input channels
+#: (UNet's and nnU-Net's are 20-27%): DeepLabV3+E's decoder convolution, whose 36 copies are
+#: 11% of its 340 input channels (56^2, batch 4), made the train step 2.9% slower folded than
+#: built (median of 4 interleaved rounds: 10.6% against 7.7% over DeepLabV3+).
 FOLD_MAX_BATCH = 8
 FOLD_MIN_PIXELS = 56 * 56
+FOLD_MIN_COPIES = 0.15
 
 
 def concat_conv_folds(
     x_shape: Sequence[int], w_shape: Sequence[int], pads, dilation=(1, 1)
 ) -> bool:
     """Whether :func:`concat_conv` folds on CPU: a 2-D (B, H, W, C_x) input of at most
-    :data:`FOLD_MAX_BATCH` samples, output maps of at least :data:`FOLD_MIN_PIXELS` pixels, a
-    convolution that takes the custom gradients (:func:`_custom_grad_pays` with the kernel's
-    rows folded, (kh, kw, C_x, Cout)), and a process with one CPU device; read when the
-    convolution is traced."""
+    :data:`FOLD_MAX_BATCH` samples, output maps of at least :data:`FOLD_MIN_PIXELS` pixels,
+    copies that make at least :data:`FOLD_MIN_COPIES` of the (kh, kw, C, Cout) kernel's C
+    input channels (``C - C_x`` of them), a convolution that takes the custom gradients
+    (:func:`_custom_grad_pays` with the kernel's rows folded, (kh, kw, C_x, Cout)), and a
+    process with one CPU device; read when the convolution is traced."""
     if len(x_shape) != 4 or x_shape[0] > FOLD_MAX_BATCH or _several_cpu_devices():
         return False
-    kh, kw, _, cout = w_shape
+    kh, kw, cin, cout = w_shape
+    if cin - x_shape[-1] < FOLD_MIN_COPIES * cin:
+        return False
     sizes = zip(x_shape[1:3], pads, (kh, kw), dilation, strict=True)
     pixels = math.prod(n + lo + hi - (k - 1) * d for n, (lo, hi), k, d in sizes)
     if pixels < FOLD_MIN_PIXELS:

@@ -198,6 +198,9 @@ def test_folding_rule(monkeypatch):
     assert not concat_conv_folds((4, 28, 28, 512), (3, 3, 640, 256), pads)  # small maps
     assert not concat_conv_folds((4, 56, 56, 512), (3, 3, 640, 256), ((0, 0), (0, 0)))
     assert not concat_conv_folds((4, 64, 64, 16), (3, 3, 20, 16), pads)  # few channels
+    # DeepLabV3+E's decoder: 36 copies of 340 input channels (11%): built.
+    assert not concat_conv_folds((4, 56, 56, 304), (3, 3, 340, 256), pads)
+    assert concat_conv_folds((4, 56, 56, 304), (3, 3, 304 + 54, 256), pads)  # 15%
     assert not concat_conv_folds((4, 8, 8, 8, 16), (3, 3, 3, 20, 16), pads)  # 3-D: built
     monkeypatch.setattr(conv_module, "_several_cpu_devices", lambda: True)
     assert not concat_conv_folds((4, 112, 112, 256), (3, 3, 320, 128), pads)
