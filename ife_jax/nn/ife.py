@@ -22,7 +22,10 @@ class IFE(nn.Module):
     It has no parameters and behaves the same in training and evaluation. The selected
     channel indices are sown into the ``"intermediates"`` collection as ``"indices"`` so that
     interpretability tools can read which channels were chosen
-    (``model.apply(..., mutable=["intermediates"])``).
+    (``model.apply(..., mutable=["intermediates"])``). UNet, DeepLabV3+ and nnU-Net call it
+    with ``lazy=True``: their IFE outputs, as ``capture_intermediates`` records them, are then
+    :class:`~ife_jax.nn.concat.ChannelConcat` objects (``np.asarray`` or ``.materialize()``
+    gives the array).
 
     Attributes:
       criterion: ``"entropy"`` or ``"curvature"``.

@@ -30,8 +30,10 @@ class UNet(nn.Module):
     set, the skips c2 and c3 are enhanced as ``[c, top_k(c)]`` (raw first) with ratios
     ``ratios[0]`` and ``ratios[1]``, so the decoder blocks that consume them take
     ``w3 * (2 + r1)`` and ``w2 * (2 + r0)`` channels; a ratio of 0 leaves that skip without
-    IFE (and its decoder block at ``2 w``). With the default widths, 3 input
-    channels and ``ife=None`` it has 31,043,521 parameters.
+    IFE (and its decoder block at ``2 w``). The enhanced skips reach the decoder unbuilt; on
+    CPU, where it pays, its first convolution reads the copies through its kernel
+    (:func:`~ife_jax.nn.conv.concat_conv`), with the same parameters. With the default
+    widths, 3 input channels and ``ife=None`` it has 31,043,521 parameters.
 
     Attributes:
       num_classes: logit channels.
