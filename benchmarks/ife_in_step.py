@@ -6,7 +6,9 @@ whose speed drifts slows them alike):
 
 - ``plain``: the network without IFE;
 - ``widened``: IFE's output shape, the first ``k`` channels appended as a slice: the wider
-  convolutions that read the appended channels, and the concatenation;
+  convolutions that read the appended channels, and the concatenation (on CPU, where
+  :func:`ife_jax.nn.conv.concat_conv_folds` holds, the copies folded into the kernels
+  instead, which adds no FLOPs);
 - ``selected``: every score zero, so the top ``k`` are the first ``k`` channels, gathered as IFE
   gathers them: adds the top-k sort, the gather and its gradient;
 - ``full``: the variant itself: adds the scoring (curvature or entropy).
