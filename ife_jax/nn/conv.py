@@ -557,7 +557,8 @@ class Conv(nn.Conv):
     def __call__(self, inputs):
         if not isinstance(inputs, ChannelConcat):
             return super().__call__(inputs)
-        ks = _as_tuple(self.kernel_size, inputs.ndim - 2)
+        # As Flax reads it: an integer kernel size is a 1-D kernel.
+        ks = _as_tuple(self.kernel_size, 1)
         n = len(ks)
         pads = None
         plain = (

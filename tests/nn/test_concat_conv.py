@@ -232,17 +232,18 @@ class Wrapped(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "folds"),
     [
-        dict(features=3, kernel_size=(3, 3), padding=((1, 1), (1, 1))),
-        dict(features=3, kernel_size=(3, 3), padding="SAME", use_bias=False),
-        dict(features=3, kernel_size=(3, 3), strides=2),  # built: stride 2
-        dict(features=4, kernel_size=(3, 3), feature_group_count=2),  # built: groups
-        dict(features=3, kernel_size=(3, 3), padding="CIRCULAR"),  # built: circular
+        (dict(features=3, kernel_size=(3, 3), padding=((1, 1), (1, 1))), True),
+        (dict(features=3, kernel_size=(3, 3), padding="SAME", use_bias=False), True),
+        (dict(features=3, kernel_size=(3, 3), strides=2), False),
+        (dict(features=4, kernel_size=(3, 3), feature_group_count=2), False),
+        (dict(features=3, kernel_size=(3, 3), padding="CIRCULAR"), False),
+        (dict(features=3, kernel_size=3, padding="SAME"), False),  # Flax: a 1-D kernel
     ],
     ids=str,
 )
-def test_conv_module_reads_a_channel_concat_with_the_same_parameters(kwargs, monkeypatch):
+def test_conv_module_reads_a_channel_concat_with_the_same_parameters(kwargs, folds, monkeypatch):
     monkeypatch.setattr(conv_module, "concat_conv_folds", lambda *a, **k: True)
     rng = np.random.default_rng(4)
     x, idx = normal(rng, (2, 8, 6, 4)), picks(rng, 2, 4, 2)
@@ -253,9 +254,6 @@ def test_conv_module_reads_a_channel_concat_with_the_same_parameters(kwargs, mon
     for a, b in zip(jax.tree.leaves(v_lazy), jax.tree.leaves(v_built), strict=True):
         np.testing.assert_array_equal(a, b)
     got, want = lazy.apply(v_built, x, idx), built.apply(v_built, x, idx)
-    folds = "strides" not in kwargs and "feature_group_count" not in kwargs
-    if kwargs.get("padding") == "CIRCULAR":
-        folds = False
     if not folds:  # the concatenation is built: the very same program
         np.testing.assert_array_equal(got, want)
     else:
