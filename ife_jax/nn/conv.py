@@ -193,18 +193,26 @@ def _conv_fwd(x, w, pads, dilation, precision):
     return _xla_conv(x, w, pads, dilation, precision), (x, w)
 
 
+def _xla_input_grad(x, w, g, pads, dilation, precision):
+    """XLA's own input gradient of :func:`_xla_conv` at ``x``."""
+    _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, w, pads, dilation, precision), x)
+    return input_vjp(g)[0]
+
+
+def _col2im_input_grad(x, w, g, pads, dilation, precision):
+    """:func:`col2im_input_grad` for an input like ``x``, in its dtype."""
+    dx = col2im_input_grad(g, w, x.shape[1:3], pads=pads, dilation=dilation, precision=precision)
+    return dx.astype(x.dtype)
+
+
 def _conv_bwd(pads, dilation, precision, res, g):
     x, w = res
 
     def xla_input_grad(g, w):
-        _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, w, pads, dilation, precision), x)
-        return input_vjp(g)[0]
+        return _xla_input_grad(x, w, g, pads, dilation, precision)
 
     def cpu_input_grad(g, w):
-        dx = col2im_input_grad(
-            g, w, x.shape[1:3], pads=pads, dilation=dilation, precision=precision
-        )
-        return dx.astype(x.dtype)
+        return _col2im_input_grad(x, w, g, pads, dilation, precision)
 
     if col2im_input_grad_is_faster(g.shape, w.shape):
         dx = lax.platform_dependent(g, w, cpu=cpu_input_grad, default=xla_input_grad)
@@ -434,9 +442,10 @@ def concat_conv(
 
     Where :func:`concat_conv_folds` holds, on CPU, each sample is convolved over the distinct
     channels only, with the kernel rows of the channels it copies added onto the rows of the
-    channels they copy (``W_b = segment_sum(W, source[b])``, in float32): the copies cost no
-    multiply-adds in the forward pass, the input gradient, or the kernel gradient (per-sample
-    blocked im2col, then ``dW[j] = sum_b dW_b[source[b, j]]``). On other platforms, and where
+    channels they copy (``W_b = segment_sum(W, source[b])``, in float32, or float64 for a
+    float64 kernel): the copies cost no multiply-adds in the forward pass, the input gradient,
+    or the kernel gradient (per-sample blocked im2col, then
+    ``dW[j] = sum_b dW_b[source[b, j]]``). On other platforms, and where
     it does not hold, the concatenation is built and convolved as usual (cuDNN keeps its
     convolution). The folded sums are ordered differently: results differ from the built
     concatenation's by float rounding only (each output a sum of ``kh * kw * C`` products).
@@ -518,18 +527,17 @@ def _concat_conv_bwd(pads, dilation, precision, res, g):
     def cpu(arrays, w, g):
         x, source = rebuilt(arrays).distinct()
         wb = _fold_kernel(w, source, x.shape[-1])
-        dx = []
-        for i in range(x.shape[0]):
-            gi, wi = g[i : i + 1], wb[i]
-            if col2im_input_grad_is_faster(gi.shape, wi.shape):
-                dxi = col2im_input_grad(
-                    gi, wi, x.shape[1:3], pads=pads, dilation=dilation, precision=precision
-                ).astype(x.dtype)
-            else:
-                conv_i = partial(_xla_conv, w=wi, pads=pads, dilation=dilation, precision=precision)
-                dxi = jax.vjp(conv_i, x[i : i + 1])[1](gi)[0]
-            dx.append(dxi)
-        dx = jnp.concatenate(dx)
+        input_grad = (
+            _col2im_input_grad
+            if col2im_input_grad_is_faster((1, *g.shape[1:]), wb.shape[1:])
+            else _xla_input_grad
+        )
+        dx = jnp.concatenate(
+            [
+                input_grad(x[i : i + 1], wb[i], g[i : i + 1], pads, dilation, precision)
+                for i in range(x.shape[0])
+            ]
+        )
         dwb = im2col_kernel_grad(x, g, w.shape[:2], pads=pads, dilation=dilation, per_sample=True)
         dw = jnp.take_along_axis(dwb, source[:, None, None, :, None], axis=3).sum(0)
         splits = list(itertools.accumulate(a.shape[-1] for a in arrays))[:-1]

@@ -76,18 +76,8 @@ def build(case, rng):
     x = jax.nn.relu(normal(rng, (b, h, w_, c)))
     other = normal(rng, (b, h, w_, max(c_other, 1)))
     idx = picks(rng, b, c, k)
-    items = []
-    for part in layout:
-        if part == "o":
-            items.append(other)
-        elif part == "x":
-            items.append(ChannelConcat.with_copies(x, idx) if "s" in layout else x)
-    # with_copies gives [x, s]; "s" before "x" is the selected-first form.
-    if layout.index("s") < layout.index("x"):
-        items[layout.replace("s", "").index("x")] = ChannelConcat.with_copies(
-            x, idx, raw_first=False
-        )
-    inputs = concat_channels(*items)
+    copies = ChannelConcat.with_copies(x, idx, raw_first=layout.index("x") < layout.index("s"))
+    inputs = concat_channels(*(other if p == "o" else copies for p in layout.replace("s", "")))
     w = normal(rng, (*kernel, inputs.channels, cout))
     if not isinstance(pads, str):
         explicit = pads
