@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ife_jax.nn.concat import ChannelConcat
+from ife_jax.nn.init import lecun_normal
 
 #: Bytes of im2col patches built per block of the CPU kernel gradient. A few MB keep the
 #: patches in the last-level cache while the matrix product is still large enough to thread.
@@ -559,6 +560,7 @@ class Conv(nn.Conv):
     one feature group goes through :func:`concat_conv`; any other builds the concatenation.
     """
 
+    kernel_init: Any = lecun_normal
     conv_general_dilated: Any = conv_general_dilated
 
     @nn.compact
@@ -631,7 +633,7 @@ class ConvTranspose(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: Any = None
-    kernel_init: Any = nn.linear.default_kernel_init
+    kernel_init: Any = lecun_normal
     bias_init: Any = nn.initializers.zeros_init()
 
     @nn.compact

@@ -10,6 +10,7 @@ from ife_jax.nn.concat import concat_channels
 from ife_jax.nn.ife import IFE
 from ife_jax.nn.layers import (
     ConvBNReLU,
+    Dropout,
     Dtype,
     check_ife,
     check_input,
@@ -46,7 +47,7 @@ class ASPP(nn.Module):
         y = ConvBNReLU(self.features, 1, name="project", **kw)(
             jnp.concatenate(branches, axis=-1), train
         )
-        return nn.Dropout(self.dropout, deterministic=not train)(y)
+        return Dropout(self.dropout, deterministic=not train)(y)
 
 
 class DeepLabV3Plus(nn.Module):
@@ -150,8 +151,8 @@ class DeepLabV3Plus(nn.Module):
         aspp = resize_bilinear_align_corners(aspp, low.shape[1:3])
         y = concat_channels(aspp, low)
         y = ConvBNReLU(self.decoder_features, 3, name="decoder1", **kw)(y, train)
-        y = nn.Dropout(0.5, deterministic=not train)(y)
+        y = Dropout(0.5, deterministic=not train)(y)
         y = ConvBNReLU(self.decoder_features, 3, name="decoder2", **kw)(y, train)
-        y = nn.Dropout(0.1, deterministic=not train)(y)
+        y = Dropout(0.1, deterministic=not train)(y)
         y = conv(self.num_classes, 1, use_bias=True, name="head", **kw)(y)
         return resize_bilinear_align_corners(y, size)

@@ -27,11 +27,12 @@ import jax.numpy as jnp
 from ife_jax.nn.concat import concat_channels
 from ife_jax.nn.conv import Conv, ConvTranspose
 from ife_jax.nn.ife import IFE
+from ife_jax.nn.init import variance_scaling
 from ife_jax.nn.layers import Dtype
 from ife_jax.nnunet.image_plans import NNUNetPlan  # the field's type (model files rebuild it)
 
 #: He-normal initialisation for leaky ReLU (slope 0.01), as nnU-Net initialises convolutions.
-he_init = nn.initializers.variance_scaling(2.0 / (1.0 + 0.01**2), "fan_in", "normal")
+he_init = variance_scaling(2.0 / (1.0 + 0.01**2), "fan_in", "normal")
 
 
 def deep_supervision_weights(num_stages: int, deep_supervision: bool = True) -> tuple[float, ...]:

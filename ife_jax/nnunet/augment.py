@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.ndimage import map_coordinates
 
+from ife_jax.nn.init import normal
+
 
 def _rotation(key, dims: int) -> jax.Array:
     if dims == 2:
@@ -74,7 +76,7 @@ def intensity(key, image, *, dims: int):
         return jnp.where(jax.random.uniform(k) < p, new, old)
 
     var = jax.random.uniform(ks[0], maxval=0.1)
-    noisy = image + jnp.sqrt(var) * jax.random.normal(ks[1], image.shape)
+    noisy = image + jnp.sqrt(var) * normal(ks[1], image.shape)
     x = maybe(ks[2], 0.1, noisy, image)
 
     sigma = jax.random.uniform(ks[3], minval=0.5, maxval=1.0)
