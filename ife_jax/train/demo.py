@@ -72,14 +72,16 @@ def run_demo(
     for name, runs in result["runs"].items():
         gains = {s: convergence(run["curve"]) for s, run in runs.items()}
         cells = ", ".join(f"seed {s} {100 * g:+.2f}" for s, g in gains.items())
-        ok = all(g < 0.01 for g in gains.values())
+        missed = [str(s) for s, g in gains.items() if not g < 0.01]
+        verdict = (
+            f"NOT converged: seed {', '.join(missed)} gained 1 point or more"
+            if missed
+            else "converged: each < 1 point"
+        )
         first = ", ".join(
             f"{100 * convergence(run['curve'], from_best=False):+.2f}" for run in runs.values()
         )
-        print(
-            f"  {name}: {cells} points ({'converged' if ok else 'NOT converged'}: < 1 point; "
-            f"from the quarter's first epoch: {first})"
-        )
+        print(f"  {name}: {cells} points ({verdict}; from the quarter's first epoch: {first})")
     minutes = (time.perf_counter() - start) / 60
     cpu_minutes = (_cpu_seconds() - cpu_start) / 60
     print(

@@ -376,7 +376,7 @@ def test_the_demo_prints_both_convergence_measures_of_every_run(tmp_path, monkey
     # The heading names the epochs the demo's 10-epoch configuration compares.
     assert "Convergence (best validation Dice gained over the last quarter of epochs, after " \
         "epoch 8 of 10):" in lines  # fmt: skip
-    assert "  UNet: seed 0 +2.00 points (NOT converged: < 1 point; from the quarter's first " \
-        "epoch: +2.00)" in lines  # fmt: skip
-    assert "  UNet+C: seed 0 +0.00 points (converged: < 1 point; from the quarter's first " \
+    assert "  UNet: seed 0 +2.00 points (NOT converged: seed 0 gained 1 point or more; from the " \
+        "quarter's first epoch: +2.00)" in lines  # fmt: skip
+    assert "  UNet+C: seed 0 +0.00 points (converged: each < 1 point; from the quarter's first " \
         "epoch: +5.00)" in lines  # fmt: skip
