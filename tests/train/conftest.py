@@ -1,6 +1,7 @@
 """Shared by the training tests: the environment of the training subprocesses.
 
-Every subprocess uses one persistent compilation cache (shared by the xdist workers), so a
+Every subprocess uses the session's persistent compilation cache (the folder of
+``tests/conftest.py``, shared by the xdist workers and the tests themselves), so a
 train step compiled by one run is loaded by the next; XLA:CPU compiles without LLVM's
 optimisations, which the tests, comparing runs with each other, do not need.
 """

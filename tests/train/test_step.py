@@ -70,7 +70,7 @@ def test_the_bound_key_step_is_the_closed_over_key_step_bit_for_bit():
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_the_shared_cache_compiles_a_second_seed_from_the_first():
+def test_the_shared_cache_compiles_a_second_seed_from_the_first(no_compilation_cache):
     model, tx, mesh, shardings, fresh, batch = _setup(size=12)  # a size no other test compiles
     hits = []
 
