@@ -35,7 +35,9 @@ part() {  # part SECONDS FILE COMMAND...: run with a limit, tee to FILE, note a 
 start=$SECONDS
 { nvidia-smi -L; date -u; python3 -c "import jax, torch; print('jax', jax.__version__, \
 jax.devices(), 'torch', torch.__version__)"; } 2>&1 | tee "$out/gpu_machine.txt"
-part 75 gpu_tests.txt python3 -m pytest -q -p no:cacheprovider -o addopts="" \
+# XLA's default optimisation level (3), which tests/conftest.py would otherwise lower to 0.
+part 75 gpu_tests.txt env XLA_FLAGS="${XLA_FLAGS:-} --xla_backend_optimization_level=3" \
+  python3 -m pytest -q -p no:cacheprovider -o addopts="" \
   -k "compiled or not test_entropy_pallas" \
   tests/test_entropy_pallas.py tests/test_entropy.py tests/test_golden.py
 part 45 gpu_conv_backend.txt python3 benchmarks/conv_backend_check.py
