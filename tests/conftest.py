@@ -14,7 +14,7 @@ if not any(f.startswith("--xla_backend_optimization_level=") for f in _FLAGS):
     os.environ["XLA_FLAGS"] = " ".join([*_FLAGS, "--xla_backend_optimization_level=0"])
 
 
-def programs_folder(tmp_path_factory):
+def _programs_folder(tmp_path_factory):
     """The session's persistent compilation cache, shared by the xdist workers and by the
     training subprocesses of ``tests/train/conftest.py``."""
     base = tmp_path_factory.getbasetemp()
@@ -35,7 +35,7 @@ def _shared_compiled_programs(tmp_path_factory):
         yield
         return
     compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", str(programs_folder(tmp_path_factory)))
+    jax.config.update("jax_compilation_cache_dir", str(_programs_folder(tmp_path_factory)))
     yield
     jax.config.update("jax_compilation_cache_dir", None)
     compilation_cache.reset_cache()
