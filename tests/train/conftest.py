@@ -1,6 +1,6 @@
 """Shared by the training tests: the environment of the training subprocesses.
 
-Every subprocess uses the session's persistent compilation cache (the folder of
+Every subprocess uses the session's persistent compilation cache (``programs_folder`` of
 ``tests/conftest.py``, shared by the xdist workers and the tests themselves), so a
 train step compiled by one run is loaded by the next; XLA:CPU compiles without LLVM's
 optimisations, which the tests, comparing runs with each other, do not need.
@@ -16,18 +16,14 @@ ROOT = HERE.parent.parent
 
 
 @pytest.fixture(scope="session")
-def train_env(tmp_path_factory):
+def train_env(programs_folder):
     """``train_env(**extra)`` -> the environment dict of a training subprocess."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # shared by the workers of this session
-    cache = base / "jax_cache"
 
     def env(device_count: int = 1, **extra):
         out = dict(os.environ)
         out["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), out.get("PYTHONPATH", "")])
         out["JAX_PLATFORMS"] = "cpu"
-        out["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+        out["JAX_COMPILATION_CACHE_DIR"] = str(programs_folder)
         out["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         out["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
         flags = ["--xla_backend_optimization_level=0"]
