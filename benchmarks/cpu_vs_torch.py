@@ -240,6 +240,12 @@ def conv_table(args) -> None:
         print(f"{name:<26}" + "".join(f"{1e3 * t:>10.1f}" for t in row), flush=True)
 
 
+def _per_round(times: list[float], ref: list[float]) -> str:
+    """The median (and range) over rounds of each round's ratio of ``times`` to ``ref``."""
+    r = [a / b for a, b in zip(times, ref, strict=True)]
+    return f"{np.median(r):.3f}x ({min(r):.2f}-{max(r):.2f})"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="UNet,UNet+E", help="UNet and/or UNet+E")
@@ -279,19 +285,18 @@ def main(argv=None) -> None:
     times = interleaved(steps, args.runs)
     print(
         f"{'train step':<20}{'best s':>8}{'median s':>10}{'vs torch':>10}{'rounds vs torch':>26}"
-        f"{'compile s':>11}"
+        f"{'rounds vs UNet':>26}{'compile s':>11}"
     )
-    ref = times.get("PyTorch UNet")
+    ref, plain = times.get("PyTorch UNet"), times.get("ife-jax UNet")
     for name, t in times.items():
         ratio = f"{min(t) / min(ref):.2f}x" if ref else "-"
-        per_round = "-"
-        if ref:
-            r = [a / b for a, b in zip(t, ref, strict=True)]
-            per_round = f"{np.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})"
+        per_round = _per_round(t, ref) if ref else "-"
+        # IFE's cost: each round's UNet+E step over the same round's UNet step.
+        vs_plain = _per_round(t, plain) if plain and name == "ife-jax UNet+E" else "-"
         c = compile_s.get(name)
         print(
             f"{name:<20}{min(t):>8.2f}{np.median(t):>10.2f}{ratio:>10}{per_round:>26}"
-            f"{(f'{c:.0f}' if c else '-'):>11}",
+            f"{vs_plain:>26}{(f'{c:.0f}' if c else '-'):>11}",
             flush=True,
         )
     if args.conv_table:

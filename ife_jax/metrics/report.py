@@ -406,7 +406,18 @@ def overlay_grid(
     if dsc is not None and any(len(dsc.get(name, ())) != n for name in preds):
         raise ValueError(f"dsc must hold {n} values for each of the models {list(preds)}.")
     cols = 1 + len(preds)
-    fig = Figure(figsize=(2.6 * cols, 2.6 * n), constrained_layout=True)
+    # A fixed layout in inches (a 2.6 in cell: a 0.25 in title over the image): matplotlib's
+    # constrained layout took twice the time of the whole figure otherwise.
+    width, height = 2.6 * cols, 2.6 * n + 0.3
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(
+        left=0.1 / width,
+        right=1 - 0.1 / width,
+        bottom=0.05 / height,
+        top=1 - 0.55 / height,
+        wspace=0.2 / 2.4,
+        hspace=0.3 / 2.3,
+    )
     axes = np.atleast_2d(fig.subplots(n, cols, squeeze=False))
     for i in range(n):
         g = binarize_target(gts[i], convention=convention)
@@ -422,7 +433,9 @@ def overlay_grid(
             axes[i, j].set_title(f"{name}  DSC {100 * d:.1f}", fontsize=8)
         for ax in axes[i]:
             ax.set_axis_off()
-    fig.suptitle("prediction: red, ground truth: green, overlap: yellow", fontsize=9)
+    fig.suptitle(
+        "prediction: red, ground truth: green, overlap: yellow", fontsize=9, y=1 - 0.1 / height
+    )
     fig.savefig(path, dpi=100)
 
 
